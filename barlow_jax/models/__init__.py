@@ -1,0 +1,8 @@
+"""Backbones and heads: torchvision-exact ResNets, projector/predictor MLPs."""
+
+from barlow_jax.models.heads import MLPHead, SSLNet, parse_widths
+from barlow_jax.models.resnet import (STAGE_SIZES, BasicBlock, Bottleneck, ResNet,
+                                      build_resnet, resnet18, resnet34, resnet50)
+
+__all__ = ["MLPHead", "SSLNet", "parse_widths", "STAGE_SIZES", "BasicBlock",
+           "Bottleneck", "ResNet", "build_resnet", "resnet18", "resnet34", "resnet50"]
