@@ -1,8 +1,9 @@
 """Backbones and heads: torchvision-exact ResNets, projector/predictor MLPs."""
 
+from barlow_jax.models.factory import build_backbone, build_ssl_net, compute_dtype
 from barlow_jax.models.heads import MLPHead, SSLNet, parse_widths
 from barlow_jax.models.resnet import (STAGE_SIZES, BasicBlock, Bottleneck, ResNet,
                                       build_resnet, resnet18, resnet34, resnet50)
 
-__all__ = ["MLPHead", "SSLNet", "parse_widths", "STAGE_SIZES", "BasicBlock",
+__all__ = ["build_backbone", "build_ssl_net", "compute_dtype", "MLPHead", "SSLNet", "parse_widths", "STAGE_SIZES", "BasicBlock",
            "Bottleneck", "ResNet", "build_resnet", "resnet18", "resnet34", "resnet50"]

@@ -1,0 +1,41 @@
+"""The explicit registry of self-supervised methods.
+
+A method is a pure loss over the two views' network outputs plus two flags
+the step needs. Adding one touches its own file and one entry below.
+
+``loss(out1, out2, tgt1, tgt2, loss_config, axis_name) -> (loss, metrics)``:
+
+* ``out1``/``out2``: online network outputs for view 1 / view 2, dicts with
+  ``features`` (trunk), ``z`` (projector) and ``p`` (predictor, if any), all
+  float32, per-device local batch under shard_map.
+* ``tgt1``/``tgt2``: target (EMA) network outputs for the views, already
+  stop-gradient'ed, or None when the method has no target network.
+* ``axis_name``: the mapped device axis for global-batch statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict
+
+from barlow_jax.methods import barlow_twins
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    loss: Callable
+    needs_predictor: bool = False
+    ema_target: bool = False
+
+
+METHODS: Dict[str, Method] = {
+    "barlow_twins": Method("barlow_twins", barlow_twins.method_loss),
+}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"config.method={name!r} is not a known method; use one of "
+                         f"{sorted(METHODS)}.")
+    return METHODS[name]
