@@ -1,0 +1,201 @@
+"""Where training tells what it did: metrics.jsonl, TensorBoard events, a progress line.
+
+The TensorBoard writer is self-contained (TFRecord framing + the few
+protobuf fields of ``Event``/``Summary`` it needs), so logging works on
+accelerator images that have no TensorFlow (FIELD_NOTES §7).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import socket
+import struct
+import sys
+import time
+from typing import Dict, Iterable, Optional
+
+import numpy as np
+
+# ---------------------------------------------------------------- JSONL
+
+
+class JsonlWriter:
+    """Appends one JSON object per logged step to ``path``, flushed each time."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._f = open(path, "a", encoding="utf-8")
+
+    def write(self, record: Dict):
+        self._f.write(json.dumps(record, sort_keys=True) + "\n")
+        self._f.flush()
+
+    def close(self):
+        self._f.close()
+
+
+def truncate_after(path: str, step: int) -> int:
+    """Moves records with ``step`` > ``step`` from ``path`` to ``path + '.discarded'``.
+
+    A run that died after its last checkpoint logged steps that the resumed
+    run will log again; keeping both would duplicate them. Nothing is
+    deleted: the dropped lines are appended to the ``.discarded`` file.
+    Returns how many lines were moved.
+    """
+    if not os.path.exists(path):
+        return 0
+    keep, drop = [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                rec_step = json.loads(line).get("step", 0)
+            except json.JSONDecodeError:
+                drop.append(line)
+                continue
+            (drop if rec_step > step else keep).append(line)
+    if drop:
+        with open(path + ".discarded", "a", encoding="utf-8") as f:
+            f.writelines(drop)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+    return len(drop)
+
+
+def read_jsonl(path: str):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ---------------------------------------------------------- TensorBoard
+
+_CRC_TABLE = []
+for _i in range(256):
+    _c = _i
+    for _ in range(8):
+        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
+    _CRC_TABLE.append(_c)
+
+
+def crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc = _CRC_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    n &= (1 << 64) - 1
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field_bytes(num: int, payload: bytes) -> bytes:
+    return _varint(num << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _event(step: int, wall_time: float, summary: Optional[bytes] = None,
+           file_version: Optional[str] = None) -> bytes:
+    out = _varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _varint(2 << 3) + _varint(step)
+    if file_version is not None:
+        out += _field_bytes(3, file_version.encode())
+    if summary is not None:
+        out += _field_bytes(5, summary)
+    return out
+
+
+def _scalar_value(tag: str, value: float) -> bytes:
+    return _field_bytes(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack("<f", value)
+
+
+def _image_value(tag: str, image: np.ndarray) -> bytes:
+    from PIL import Image  # pillow ships with matplotlib and torchvision
+    image = np.asarray(image, np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    h, w = image.shape[:2]
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    img = (_varint(1 << 3) + _varint(h) + _varint(2 << 3) + _varint(w) +
+           _varint(3 << 3) + _varint(channels) + _field_bytes(4, buf.getvalue()))
+    return _field_bytes(1, tag.encode()) + _field_bytes(4, img)
+
+
+class TensorBoardWriter:
+    """Writes scalars and images to ``logdir/events.out.tfevents.*``."""
+
+    def __init__(self, logdir: str):
+        os.makedirs(logdir, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        self._f = open(os.path.join(logdir, name), "ab")
+        self._write(_event(0, time.time(), file_version="brain.Event:2"))
+
+    def _write(self, event: bytes):
+        header = struct.pack("<Q", len(event))
+        self._f.write(header + struct.pack("<I", _masked_crc(header)) + event +
+                      struct.pack("<I", _masked_crc(event)))
+
+    def scalars(self, step: int, values: Dict[str, float]):
+        vals = b"".join(_field_bytes(1, _scalar_value(k, float(v)))
+                        for k, v in values.items() if _is_number(v))
+        if vals:
+            self._write(_event(step, time.time(), summary=vals))
+        self._f.flush()
+
+    def image(self, step: int, tag: str, image: np.ndarray):
+        self._write(_event(step, time.time(), summary=_field_bytes(1, _image_value(tag, image))))
+        self._f.flush()
+
+    def close(self):
+        self._f.close()
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+
+
+# ------------------------------------------------------------- progress
+
+
+def format_seconds(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(s)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}"
+
+
+def progress_line(step: int, total: int, steps_per_epoch: int, record: Dict,
+                  eta_seconds: float) -> str:
+    parts = [f"step {step}/{total}", f"epoch {step / max(steps_per_epoch, 1):.2f}",
+             f"loss {record['loss']:.4f}"]
+    for key, fmt in (("on_diag", "{:.3f}"), ("off_diag", "{:.3f}"), ("knn_top1", "{:.3f}"),
+                     ("lr", "{:.3g}"), ("pairs_per_sec", "{:.1f}")):
+        if key in record:
+            parts.append(f"{key} " + fmt.format(record[key]))
+    parts.append(f"ETA {format_seconds(eta_seconds)}")
+    return " | ".join(parts)
+
+
+def print_progress(line: str):
+    print(line, file=sys.stdout, flush=True)
+
+
+def nonfinite_keys(record: Dict) -> Iterable[str]:
+    return [k for k, v in record.items() if _is_number(v) and not math.isfinite(float(v))]

@@ -1,0 +1,26 @@
+"""The training state: everything a step reads and writes, nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+
+
+@flax.struct.dataclass
+class TrainState:
+    """step: updates done so far (int32 scalar). params/batch_stats: the
+    online SSLNet's variables (float32). opt_state: the optimizer's state.
+    target: None, or {'params', 'batch_stats'} of the EMA target network
+    (BYOL): never differentiated, checkpointed with the rest.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    target: Any = None
+
+    def variables(self):
+        return {"params": self.params, "batch_stats": self.batch_stats}
