@@ -30,6 +30,9 @@ from jax.sharding import PartitionSpec as P
 from barlow_jax.parallel import AXIS
 from barlow_jax.state import TrainState
 
+# optax >= 0.2.5 names it optax.tree.norm; global_norm is the older spelling.
+_tree_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
+
 
 def step_key(seed_key, step):
     """The step's randomness depends only on (seed, step): resumes redraw it exactly."""
@@ -80,8 +83,8 @@ def train_step_body(state: TrainState, batch, device_data, seed_key, *, model, t
         target = {"params": ema_update(target["params"], params, tau),
                   "batch_stats": new_target_bs}
         metrics["ema_tau"] = tau
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                   param_norm=optax.global_norm(params))
+    metrics = dict(metrics, loss=loss, grad_norm=_tree_norm(grads),
+                   param_norm=_tree_norm(params))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_bs,
                               opt_state=opt_state, target=target)
     return new_state, metrics
