@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Dict
 
-from barlow_jax.methods import barlow_twins
+from barlow_jax.methods import barlow_twins, byol, simclr, simsiam, vicreg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +31,10 @@ class Method:
 
 METHODS: Dict[str, Method] = {
     "barlow_twins": Method("barlow_twins", barlow_twins.method_loss),
+    "vicreg": Method("vicreg", vicreg.method_loss),
+    "simclr": Method("simclr", simclr.method_loss),
+    "byol": Method("byol", byol.method_loss, needs_predictor=True, ema_target=True),
+    "simsiam": Method("simsiam", simsiam.method_loss, needs_predictor=True),
 }
 
 

@@ -1,0 +1,74 @@
+"""BYOL (Grill et al., 2020): predict the target network's embedding of the other view.
+
+The online network (backbone + projector + predictor) gives predictions p;
+the target network (an EMA of the online backbone + projector, see
+``barlow_jax.methods.ema``) gives embeddings z_t that receive no gradient:
+
+    reg(p, z_t) = mean_b ( 2 - 2 cos(p_b, sg(z_t,b)) )   = mean_b || p/|p| - z_t/|z_t| ||^2
+    loss        = reg(p1, z_t2) + reg(p2, z_t1)
+
+Reference: deepmind-research ``byol/byol_experiment.py`` (``regression_loss``
+on l2-normalised vectors, ``loss = mean(loss_view1 + loss_view2)``).
+Convention: the symmetrised loss is the SUM of both directions, as in the
+paper (L + L~) and the official code, so it lies in [0, 8]; SimSiam's loss
+(``simsiam.py``) is instead the average of its two directions.
+The batch mean is over the global batch (``pmean`` of equal-sized local
+means under ``jax.shard_map``), so value and gradient equal the
+single-device, full-batch ones.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from barlow_jax.methods.simclr import l2_normalize
+
+
+def _global_mean(x, axis_name):
+    m = jnp.mean(x)
+    return lax.pmean(m, axis_name) if axis_name is not None else m
+
+
+def mean_cosine(p, z, axis_name: Optional[str] = None):
+    """Global-batch mean of cos(p_b, sg(z_b)) for [N_local, D] arrays, in float32."""
+    z = lax.stop_gradient(z)
+    cos = jnp.sum(l2_normalize(p) * l2_normalize(z), axis=-1)
+    return _global_mean(cos, axis_name)
+
+
+def byol_loss(p, z_target, *, axis_name: Optional[str] = None) -> jax.Array:
+    """One direction of BYOL: mean_b (2 - 2 cos(p_b, sg(z_target_b))), a scalar."""
+    if p.shape != z_target.shape or p.ndim != 2:
+        raise ValueError(f"byol_loss needs a prediction and a target of the same [N, D] shape; "
+                         f"got {p.shape} and {z_target.shape}: the predictor's last width "
+                         f"must equal the projector's.")
+    return 2.0 - 2.0 * mean_cosine(p, z_target, axis_name)
+
+
+def byol(p1, p2, z1_target, z2_target, *,
+         axis_name: Optional[str] = None) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    """Symmetrised BYOL loss: byol_loss(p1, z2_target) + byol_loss(p2, z1_target).
+
+    ``p1``/``p2``: online predictions for views 1/2; ``z1_target``/``z2_target``:
+    target projections for views 1/2 (stop-gradient applied here too).
+    Metrics: ``cos_sim``, the mean cosine of the two directions.
+    """
+    loss12 = byol_loss(p1, z2_target, axis_name=axis_name)
+    loss21 = byol_loss(p2, z1_target, axis_name=axis_name)
+    loss = loss12 + loss21
+    return loss, {"cos_sim": 1.0 - loss / 4.0}
+
+
+def method_loss(out1, out2, tgt1, tgt2, loss_config, axis_name):
+    """Registry adapter: online predictions ``p`` against target projections ``z``."""
+    del loss_config
+    if tgt1 is None or tgt2 is None:
+        raise ValueError("BYOL needs the target network's outputs; register it with "
+                         "ema_target=True so the step runs the EMA target.")
+    if "p" not in out1:
+        raise ValueError("BYOL needs a predictor; set config.predictor.spec (e.g. '4096-256').")
+    return byol(out1["p"], out2["p"], tgt1["z"], tgt2["z"], axis_name=axis_name)

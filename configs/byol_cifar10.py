@@ -1,0 +1,44 @@
+"""BYOL on CIFAR-10: ResNet-18 with the CIFAR stem, 32x32 views, no blur.
+
+Projector and predictor 4096-256 as on ImageNet; target EMA from 0.99 to 1
+(deepmind's preset for runs shorter than 1000 ImageNet epochs, also
+solo-learn's cifar/byol.yaml); asymmetric views (solarise 0.0 / 0.2, no
+blur at 32x32); one learning rate for all parameters, cosine to 0.
+
+python -m barlow_jax.main --config=configs/byol_cifar10.py --workdir=DIR \
+    --config.data.path=../shared/data/cifar10-jpeg.tar.gz
+"""
+
+from configs import base
+
+
+def get_config():
+    c = base.get_config()
+    # CIFAR-10 data and model (the Barlow Twins CIFAR-10 settings).
+    c.batch_size = 512
+    c.num_epochs = 1000
+    c.model.name = "resnet18"
+    c.model.cifar_stem = True
+    c.data.source = "folder"
+    c.data.placement = "auto"
+    c.data.image_size = 32
+    c.data.num_classes = 10
+    c.data.split, c.data.eval_split = "train", "test"
+    c.data.mean = (0.4914, 0.4822, 0.4465)
+    c.data.std = (0.2470, 0.2435, 0.2616)
+    c.data.augment.view1.blur_prob = 0.0
+    c.data.augment.view2.blur_prob = 0.0
+    c.eval_every_steps = 1000
+    # BYOL.
+    c.method = "byol"
+    c.projector.spec = "4096-256"
+    c.projector.hidden_bias = True
+    c.projector.last_bias = False
+    c.predictor.spec = "4096-256"
+    c.predictor.hidden_bias = True
+    c.predictor.last_bias = False
+    c.loss.ema_start = 0.99
+    c.loss.ema_end = 1.0
+    c.optimizer.lr_biases = c.optimizer.lr_weights
+    c.optimizer.final_lr_fraction = 0.0
+    return c

@@ -1,0 +1,50 @@
+"""SimSiam on CIFAR-10, the paper's CIFAR recipe (Chen & He, 2021, appendix D).
+
+ResNet-18 with the CIFAR stem; projector 2048-2048 (two layers on CIFAR,
+final BN), predictor 512-2048; SGD with momentum 0.9, lr 0.03 x batch/256,
+weight decay 5e-4, cosine to 0 without warmup, batch 512, 800 epochs.
+Symmetric MoCo-v2 views (crop scale 0.2-1, jitter 0.4/0.4/0.4/0.1 p 0.8,
+grayscale 0.2) without blur at 32x32.
+
+python -m barlow_jax.main --config=configs/simsiam_cifar10.py --workdir=DIR \
+    --config.data.path=../shared/data/cifar10-jpeg.tar.gz
+"""
+
+from configs import base
+from configs.simsiam_in1k import symmetric_view
+
+
+def get_config():
+    c = base.get_config()
+    # CIFAR-10 data and model (the Barlow Twins CIFAR-10 settings).
+    c.batch_size = 512
+    c.num_epochs = 800
+    c.model.name = "resnet18"
+    c.model.cifar_stem = True
+    c.data.source = "folder"
+    c.data.placement = "auto"
+    c.data.image_size = 32
+    c.data.num_classes = 10
+    c.data.split, c.data.eval_split = "train", "test"
+    c.data.mean = (0.4914, 0.4822, 0.4465)
+    c.data.std = (0.2470, 0.2435, 0.2616)
+    c.eval_every_steps = 1000
+    # SimSiam.
+    c.method = "simsiam"
+    c.projector.spec = "2048-2048"
+    c.projector.hidden_bias = False
+    c.projector.last_bias = False
+    c.projector.last_bn = True
+    c.predictor.spec = "512-2048"
+    c.predictor.hidden_bias = False
+    c.predictor.last_bias = True
+    c.optimizer.name = "sgd"
+    c.optimizer.lr_weights = 0.03
+    c.optimizer.lr_biases = 0.03
+    c.optimizer.weight_decay = 5e-4
+    c.optimizer.momentum = 0.9
+    c.optimizer.warmup_epochs = 0
+    c.optimizer.final_lr_fraction = 0.0
+    c.data.augment.view1 = symmetric_view(blur=0.0, solarize=0.0)
+    c.data.augment.view2 = symmetric_view(blur=0.0, solarize=0.0)
+    return c
