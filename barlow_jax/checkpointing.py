@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import jax
 import ml_collections
+from absl import logging
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -125,11 +126,16 @@ def load_variables(workdir: str, step: Optional[int] = None) -> Tuple[Any, Dict,
     ['predictor']}``) and the EMA target's (or None). Arrays are NumPy.
     """
     config = load_config(workdir)
-    ckpt = Checkpointer(workdir, read_only=True)
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # orbax warns about every read-only option at load
     try:
-        raw, step = ckpt.restore_raw(step)
+        ckpt = Checkpointer(workdir, read_only=True)
+        try:
+            raw, step = ckpt.restore_raw(step)
+        finally:
+            ckpt.close()
     finally:
-        ckpt.close()
+        logging.set_verbosity(level)
     variables = {"params": raw["params"], "batch_stats": raw["batch_stats"],
                  "target": raw.get("target")}
     return config, variables, step
