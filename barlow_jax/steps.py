@@ -55,8 +55,13 @@ def ema_update(target, online, tau):
 
 def train_step_body(state: TrainState, batch, device_data, seed_key, *, model, target_model,
                     method, tx, make_views, loss_config, ema_tau: Optional[Callable] = None,
-                    health: Optional[Callable] = None):
-    """One update on the local shard; returns (new_state, metrics)."""
+                    health: Optional[Callable] = None, log_every_steps: int = 1):
+    """One update on the local shard; returns (new_state, metrics).
+
+    ``health(z, axis_name=, effective_rank=)`` adds embedding statistics; the
+    expensive effective rank (an eigen-decomposition of the D x D scatter)
+    runs only on steps that will be logged.
+    """
     key = jax.random.fold_in(step_key(seed_key, state.step), lax.axis_index(AXIS))
     v1, v2 = make_views(batch, device_data, key)
 
@@ -70,7 +75,9 @@ def train_step_body(state: TrainState, batch, device_data, seed_key, *, model, t
             tgt1, tgt2 = jax.tree.map(lax.stop_gradient, (t1, t2))
         loss, metrics = method.loss(out1, out2, tgt1, tgt2, loss_config, AXIS)
         if health is not None:
-            metrics.update(health(lax.stop_gradient(out1["z"]), axis_name=AXIS))
+            logged = (state.step + 1) % log_every_steps == 0
+            metrics.update(health(lax.stop_gradient(out1["z"]), axis_name=AXIS,
+                                  effective_rank=logged))
         return loss, (metrics, new_bs, new_target_bs)
 
     (loss, (metrics, new_bs, new_target_bs)), grads = jax.value_and_grad(

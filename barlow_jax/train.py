@@ -19,9 +19,11 @@ import numpy as np
 
 from barlow_jax import checkpointing, metrics as metrics_lib, parallel
 from barlow_jax.data import create_pipeline
+from barlow_jax.eval.health import collapse_warnings
 from barlow_jax.methods import get_method
 from barlow_jax.models import build_ssl_net, compute_dtype, parse_widths
 from barlow_jax.optim import build_optimizer
+from barlow_jax.report import c_matrix_image
 from barlow_jax.state import TrainState
 from barlow_jax.steps import make_train_step
 
@@ -131,11 +133,13 @@ def _ema_schedule(config, total_steps):
 
 
 def _health_fn():
-    try:
-        from barlow_jax.eval.health import embedding_health
-    except ImportError:  # evaluation package absent in a trimmed install
-        return None
+    from barlow_jax.eval.health import embedding_health
     return embedding_health
+
+
+def _scalars(metrics) -> Dict[str, float]:
+    """Host floats of the scalar metrics (pictures such as c_block are left out)."""
+    return {k: float(np.asarray(v)) for k, v in metrics.items() if np.ndim(v) == 0}
 
 
 def train_and_evaluate(config, workdir: str) -> Dict:
@@ -178,7 +182,7 @@ def train_and_evaluate(config, workdir: str) -> Dict:
         mesh, model=model, target_model=target_model, method=method, tx=tx,
         make_views=pipeline.make_views, loss_config=config.loss,
         ema_tau=_ema_schedule(config, total_steps) if method.ema_target else None,
-        health=_health_fn())
+        health=_health_fn(), log_every_steps=config.log_every_steps)
     seed_key = parallel.replicate(jax.random.key_data(jax.random.key(config.seed)), mesh)
     knn = None
     if config.eval_every_steps > 0:
@@ -199,6 +203,7 @@ def train_and_evaluate(config, workdir: str) -> Dict:
     last_record: Dict = {}
     t_mark, steps_mark = None, 0   # timing excludes the first (compiling) step
     train_time = 0.0
+    eval_time = [0.0]
 
     def flush(step_now: int, log: bool):
         nonlocal t_mark, steps_mark, last_record, train_time
@@ -206,7 +211,7 @@ def train_and_evaluate(config, workdir: str) -> Dict:
         steps = [s for s, _ in pending]
         pending.clear()
         for s, m in zip(steps, fetched):
-            record = {k: float(np.asarray(v)) for k, v in m.items()}
+            record = _scalars(m)
             bad = metrics_lib.nonfinite_keys(record)
             if bad:
                 good = ckpt.latest_step()
@@ -219,7 +224,7 @@ def train_and_evaluate(config, workdir: str) -> Dict:
         if not log or not steps:
             return
         now = time.time()
-        record = {k: float(np.asarray(v)) for k, v in fetched[-1].items()}
+        record = _scalars(fetched[-1])
         record["step"] = step_now
         record["epoch"] = step_now / steps_per_epoch
         for name, sched in schedules.items():
@@ -231,13 +236,28 @@ def train_and_evaluate(config, workdir: str) -> Dict:
             record["pairs_per_sec"] = config.batch_size / record["step_time"]
         t_mark, steps_mark = now, step_now
         record.update(pipeline.stats())
-        if knn is not None and (step_now % config.eval_every_steps == 0 or step_now == total_steps):
+        evaluated = knn is not None and (step_now % config.eval_every_steps == 0
+                                         or step_now == total_steps)
+        if evaluated:
             record.update(knn.evaluate(state.variables()))
+            eval_time[0] += record["knn_seconds"]
+            record["knn_time_fraction"] = eval_time[0] / max(train_time + eval_time[0], 1e-9)
             t_mark = time.time()  # evaluation time is not training time
         last_record = record
         if is_lead:
             jsonl.write(record)
             tb.scalars(step_now, record)
+            c = fetched[-1].get("c_block")
+            if c is not None and (evaluated or step_now % config.checkpoint_every_steps == 0
+                                  or step_now == total_steps):
+                tb.image(step_now, "cross_correlation_vs_identity", c_matrix_image(np.asarray(c)))
+            for warning in collapse_warnings(record):
+                print(f"warning at step {step_now}: {warning}", flush=True)
+            if evaluated:
+                print(f"kNN at step {step_now}: top-1 {record['knn_top1']:.2f}% top-5 "
+                      f"{record['knn_top5']:.2f}% in {record['knn_seconds']:.1f}s "
+                      f"({100 * record['knn_time_fraction']:.1f}% of the run's time so far)",
+                      flush=True)
             eta = (total_steps - step_now) * record.get("step_time", float("nan"))
             metrics_lib.print_progress(metrics_lib.progress_line(
                 step_now, total_steps, steps_per_epoch, record, eta))
