@@ -1,0 +1,168 @@
+"""Collapse diagnostics of the embeddings, computed inside the training step.
+
+``embedding_health(z, axis_name=...)`` is pure JAX; under ``shard_map`` it
+reduces over the mapped axis so every device returns the statistics of the
+GLOBAL batch (Z = all devices' rows, N x D):
+
+* ``embed_std_min`` / ``embed_std_mean``: min and mean over dimensions of
+  the per-dimension standard deviation over the batch,
+  std_d = sqrt(mean_n (z_nd - mean_n z_nd)^2) (biased, like BT's BN). A
+  dimension whose std is ~0 is dead; all of them ~0 is complete collapse
+  (SimSiam, Chen & He 2021, §4 uses the same signal).
+* ``embed_eff_rank``: effective rank (Roy & Vetterli 2007; RankMe, Garrido
+  et al. 2023) of the centred matrix Zc = Z - mean:
+      sigma = singular values of Zc, p_i = sigma_i / sum_j sigma_j,
+      erank = exp(-sum_i p_i log p_i)            (1 <= erank <= rank Zc)
+  Computed from the D x D scatter matrix S = Zc^T Zc (psum over devices):
+  sigma_i = sqrt(lambda_i(S)). float32 eigenvalues carry noise of about
+  eps * lambda_max, so eigenvalues below lambda_max * max(D, N) * eps_f32
+  are treated as 0 (the rank-tolerance rule of ``numpy.linalg.matrix_rank``
+  applied to S); directions weaker than sqrt(max(D, N) * eps) * sigma_max
+  (0.3% at D = 64, 3% at D = 8192) do not count.
+* ``embed_rank_frac``: erank / min(D, N - 1), the largest rank Zc can have.
+
+Cost: the scatter matrix is N*D^2 multiply-adds and a D x D all-reduce, the
+eigenvalues O(D^3). Measured on this project's 2-core CPU: see
+docs/evaluation.md. For a 2048- or 8192-d projector that is far more than a
+step's worth on a GPU, so pass ``effective_rank=<traced bool>`` (e.g. "this
+step is logged") to compute it only then: on the other steps the two rank
+entries are -1 (a "not computed" marker that is finite, so NaN guards stay
+quiet).
+
+``collapse_warnings(metrics)`` turns logged values into readable warnings.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Mapping, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+NOT_COMPUTED = -1.0
+
+# Thresholds of collapse_warnings (heuristics; see its docstring).
+STD_DEAD_RATIO = 1e-3      # embed_std_min < this * embed_std_mean: a dead dimension
+STD_COLLAPSED = 1e-6       # embed_std_mean below this: constant embeddings
+RANK_FRACTION_LOW = 0.01   # embed_rank_frac below this: dimensional collapse
+MEAN_ABS_OFF_DIAG_HIGH = 0.5  # Barlow Twins: dimensions strongly correlated across views
+
+
+def _pmean(x, axis_name):
+    return lax.pmean(x, axis_name) if axis_name is not None else x
+
+
+def effective_rank_from_scatter(s, n_global):
+    """(erank, erank / min(D, N-1)) of Zc from its scatter matrix S = Zc^T Zc (D x D)."""
+    d = s.shape[0]
+    lam = jnp.linalg.eigvalsh(0.5 * (s + s.T))
+    lam_max = jnp.max(lam)
+    tol = lam_max * max(d, 1) * jnp.finfo(jnp.float32).eps
+    tol = jnp.maximum(tol, lam_max * n_global * jnp.finfo(jnp.float32).eps)
+    sigma = jnp.sqrt(jnp.where(lam > tol, lam, 0.0))
+    total = jnp.sum(sigma)
+    p = sigma / jnp.where(total > 0, total, 1.0)
+    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+    erank = jnp.where(total > 0, jnp.exp(entropy), 0.0)
+    max_rank = jnp.maximum(jnp.minimum(float(d), n_global - 1.0), 1.0)
+    return erank, erank / max_rank
+
+
+def embedding_health(z, *, axis_name: Optional[str] = None,
+                     effective_rank: Union[bool, jax.Array] = True) -> Dict[str, jax.Array]:
+    """Collapse statistics of embeddings z [N_local, D] over the global batch.
+
+    Args:
+      z: embeddings (any float dtype; computed in float32). Under shard_map
+        every device holds the same number of rows.
+      axis_name: mapped device axis, or None for a single array.
+      effective_rank: True / False, or a traced boolean scalar (replicated
+        across devices) deciding at run time; when False the rank entries
+        are -1.
+
+    Returns float32 scalars embed_std_min, embed_std_mean, embed_eff_rank,
+    embed_rank_frac (identical on every device).
+    """
+    z = lax.stop_gradient(z).astype(jnp.float32)
+    n_local = z.shape[0]
+    n_global = jnp.float32(n_local)
+    if axis_name is not None:
+        n_global = lax.psum(n_global, axis_name)
+    mean = _pmean(jnp.mean(z, axis=0), axis_name)
+    zc = z - mean
+    std = jnp.sqrt(_pmean(jnp.mean(zc * zc, axis=0), axis_name))
+    out = {"embed_std_min": jnp.min(std), "embed_std_mean": jnp.mean(std)}
+
+    def rank():
+        s = jnp.einsum("nd,ne->de", zc, zc, precision=lax.Precision.HIGHEST)
+        if axis_name is not None:
+            s = lax.psum(s, axis_name)
+        return effective_rank_from_scatter(s, n_global)
+
+    def skip():
+        return jnp.float32(NOT_COMPUTED), jnp.float32(NOT_COMPUTED)
+
+    if isinstance(effective_rank, (bool, np.bool_)):
+        if not effective_rank:
+            return out
+        erank, frac = rank()
+    else:
+        erank, frac = lax.cond(jnp.asarray(effective_rank, bool), rank, skip)
+    out["embed_eff_rank"] = erank
+    out["embed_rank_frac"] = frac
+    return out
+
+
+def _value(metrics: Mapping, key: str) -> Optional[float]:
+    if key not in metrics:
+        return None
+    try:
+        return float(np.asarray(metrics[key]))
+    except (TypeError, ValueError):
+        return None
+
+
+def collapse_warnings(metrics: Mapping) -> List[str]:
+    """Readable warnings for logged metrics (python floats or arrays); [] when healthy.
+
+    Rules (heuristics, thresholds are the module constants):
+      * any of loss / embed_* / on_diag / off_diag not finite;
+      * embed_std_mean < 1e-6: all embeddings (nearly) identical;
+      * embed_std_min < 1e-3 * embed_std_mean: at least one dead dimension;
+      * 0 <= embed_rank_frac < 0.01, or embed_eff_rank < 2 where a rank above
+        2 is possible:
+        the embeddings span a tiny subspace (dimensional collapse);
+      * mean_abs_off_diag > 0.5 (Barlow Twins): off-diagonal |C_ij| far from
+        the 0 the loss asks for, dimensions are redundant.
+    Values equal to -1 (not computed) are ignored.
+    """
+    warnings: List[str] = []
+    for key in ("loss", "on_diag", "off_diag", "embed_std_min", "embed_std_mean",
+                "embed_eff_rank", "embed_rank_frac"):
+        v = _value(metrics, key)
+        if v is not None and not math.isfinite(v):
+            warnings.append(f"{key} is {v}: training has diverged; lower the learning rate or "
+                            f"use float32 compute.")
+    std_mean, std_min = _value(metrics, "embed_std_mean"), _value(metrics, "embed_std_min")
+    if std_mean is not None and math.isfinite(std_mean) and std_mean < STD_COLLAPSED:
+        warnings.append(f"embed_std_mean={std_mean:.3g}: the embeddings are (nearly) constant "
+                        f"over the batch, complete collapse.")
+    elif (std_min is not None and std_mean is not None and math.isfinite(std_min)
+          and std_min < STD_DEAD_RATIO * std_mean):
+        warnings.append(f"embed_std_min={std_min:.3g} is below {STD_DEAD_RATIO:g} x "
+                        f"embed_std_mean={std_mean:.3g}: at least one embedding dimension is "
+                        f"dead (constant over the batch).")
+    frac, erank = _value(metrics, "embed_rank_frac"), _value(metrics, "embed_eff_rank")
+    max_rank = erank / frac if (erank is not None and frac) else 0.0
+    if frac is not None and frac != NOT_COMPUTED and math.isfinite(frac) and (
+            frac < RANK_FRACTION_LOW or (0 <= erank < 2.0 and max_rank > 2.0)):
+        warnings.append(f"embed_eff_rank={erank:.3g} ({100 * frac:.2f}% of the possible rank): "
+                        f"the embeddings span a tiny subspace (dimensional collapse).")
+    off = _value(metrics, "mean_abs_off_diag")
+    if off is not None and math.isfinite(off) and off > MEAN_ABS_OFF_DIAG_HIGH:
+        warnings.append(f"mean_abs_off_diag={off:.3g} > {MEAN_ABS_OFF_DIAG_HIGH}: the "
+                        f"embedding dimensions are strongly correlated across views.")
+    return warnings

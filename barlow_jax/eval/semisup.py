@@ -1,0 +1,419 @@
+"""Semi-supervised fine-tuning on 1% / 10% of the labels (BT evaluate.py ``--weights finetune``).
+
+    python -m barlow_jax.eval.semisup --workdir=DIR --fraction=0.01 [--semisup.KEY=VALUE]
+
+Protocol (defaults, ``get_default_semisup_config``): the whole network
+(backbone of the pretraining checkpoint + a new linear layer, N(0, 0.01)
+weights, zero bias) is trained with cross-entropy for 20 epochs, batch 256,
+SGD momentum 0.9, weight decay 0, per-epoch cosine, two learning rates:
+head 0.5, backbone 0.002 at 1% (the official README command) and 0.005 at
+10% (FIELD_NOTES §5); ``--semisup.lr_backbone`` overrides both.
+
+BatchNorm (``--semisup.bn``): 'train' (default) as evaluate.py, which calls
+``model.train()`` when fine-tuning: batch statistics and running-average
+updates; under jit over the sharded global batch the statistics are those
+of the GLOBAL batch (like SyncBatchNorm; evaluate.py's DDP model uses
+per-GPU statistics of 32 images at batch 256 on 8 GPUs). 'frozen': BN in
+inference mode with the pretraining running statistics, its affine
+parameters still trained. Test accuracy always uses the running statistics.
+
+Labelled subset: with ``--semisup.subset_file`` (SimCLR's
+``imagenet_subsets/1percent.txt`` / ``10percent.txt``, one file name per
+line such as ``n01440764_10026.JPEG``), the train-split files with those
+names (folder source); a 1000-class folder dataset without that file is
+refused, so ImageNet numbers always use the standard lists. Otherwise a
+class-balanced subset: from every class, max(1, round(fraction * n_c))
+examples drawn with a generator seeded by (seed, class).
+
+A last partial batch is filled up with examples from the start of the
+epoch's order (as torch's DistributedSampler pads): they enter the BN
+statistics but not the loss. Inputs, checkpoints and resume follow the
+linear probe (``linear.py``): images <= 64 px are held as uint8 and
+cropped + flipped on the device; larger ones stream through
+``data.eval_batches(mode='train')``. Checkpoints: ``DIR/semisup_<pct>/``;
+results: ``DIR/semisup_eval.json``, one entry per fraction ("1%", "10%").
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from typing import Callable, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from barlow_jax.eval import features as feats_lib
+from barlow_jax.eval import linear as linear_lib
+from barlow_jax.eval import supervised as sup
+
+BN_MODES = ("train", "frozen")
+
+
+def get_default_semisup_config() -> ml_collections.ConfigDict:
+    """Settings of the fine-tuning; every key can be set with --semisup.KEY=VALUE."""
+    return ml_collections.ConfigDict(dict(
+        epochs=20,
+        batch_size=256,
+        lr_head=0.5,
+        lr_backbone=-1.0,        # -1: 0.002 at 1%, 0.005 at 10% (module doc)
+        momentum=0.9,
+        weight_decay=0.0,
+        init_std=0.01,
+        bn="train",              # 'train' | 'frozen' (module doc)
+        subset_file="",          # SimCLR list of file names (folder sources, ImageNet)
+        crop_scale=(0.08, 1.0),  # small-image train crop (large images: data.eval_batches)
+        crop_ratio=(3.0 / 4.0, 4.0 / 3.0),
+        flip_prob=0.5,
+        step=-1,                 # pretraining checkpoint; -1 = latest
+        train_split="",          # '' = config.data.split
+        test_split="",           # '' = config.data.eval_split
+        test_examples=0,         # seeded random test subset for quick runs; 0 = all
+        eval_batch_size=256,
+        seed=0,
+        stop_after_epochs=0,     # end this run (resumably) after N epochs; 0 = to the end
+    ))
+
+
+def default_lr_backbone(fraction: float) -> float:
+    return 0.002 if fraction <= 0.01 else 0.005
+
+
+def balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices: max(1, round(fraction * n_c)) per class c, seeded by (seed, c)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"--fraction={fraction} must be in (0, 1], e.g. 0.01 or 0.1.")
+    picked = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        k = max(1, int(round(fraction * len(members))))
+        picked.append(np.random.default_rng([seed, int(c)]).permutation(members)[:k])
+    return np.sort(np.concatenate(picked))
+
+
+def subset_from_file(data_config, split: str, path: str, log=print) -> np.ndarray:
+    """Sorted positions of the files listed in ``path`` within a folder split."""
+    if data_config.source != "folder":
+        raise ValueError("--semisup.subset_file needs config.data.source='folder' (an "
+                         "ImageNet-style tree); other sources use class-balanced subsets.")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--semisup.subset_file={path} does not exist; download "
+                                f"SimCLR's imagenet_subsets/1percent.txt or 10percent.txt.")
+    with open(path, encoding="utf-8") as f:
+        wanted = {line.strip() for line in f if line.strip()}
+    from barlow_jax.data import folder
+    index = folder.index_split(data_config, split)
+    names = np.array([os.path.basename(str(p)) for p in index.paths])
+    found = np.flatnonzero(np.isin(names, list(wanted)))
+    missing = len(wanted) - len(found)
+    if len(found) == 0:
+        raise ValueError(f"None of the {len(wanted)} files of {path} is in {index.split_dir}; "
+                         f"check --semisup.subset_file and config.data.path.")
+    if missing:
+        log(f"semisup: {missing} of the {len(wanted)} listed files are not in the index of "
+            f"{index.split_dir} (unreadable or converted); training on {len(found)}.")
+    return found
+
+
+def split_labels(data_config, split: str) -> np.ndarray:
+    """All labels of a split, without decoding images where the source allows it."""
+    if data_config.source == "folder":
+        from barlow_jax.data import folder
+        return folder.index_split(data_config, split).labels
+    from barlow_jax import data as data_lib
+    return np.asarray(data_lib.load_eval_arrays(data_config, split)[1], np.int32)
+
+
+def subset_stream(data_config, split, indices, *, batch_size, seed, epoch):
+    """Train-mode batches of the rows ``indices`` of a split, in a (seed, epoch) order."""
+    from barlow_jax import data as data_lib
+    if "indices" in inspect.signature(data_lib.eval_batches).parameters:
+        yield from data_lib.eval_batches(data_config, split, batch_size=batch_size, mode="train",
+                                         seed=seed, epoch=epoch, indices=indices,
+                                         process_index=0, process_count=1)
+        return
+    # Without index support: stream the whole split and keep the subset's rows.
+    if data_config.source == "tfds":
+        raise ValueError("Semi-supervised subsets of a TFDS split need images of at most "
+                         f"{linear_lib.SMALL_IMAGE} pixels; use a folder source for larger ones.")
+    keep = np.zeros(int(data_lib.num_examples(data_config, split)), bool)
+    keep[indices] = True
+    images, labels, n = [], [], 0
+    # mode='test' order is positional; augment row by row with the train transform.
+    for pos, batch in _positional(data_config, split, batch_size, seed, epoch):
+        sel = keep[pos]
+        if sel.any():
+            images.append(batch["image"][sel])
+            labels.append(batch["label"][sel])
+            n += int(sel.sum())
+        while n >= batch_size:
+            img, lab = np.concatenate(images), np.concatenate(labels)
+            yield {"image": img[:batch_size], "label": lab[:batch_size]}
+            images, labels, n = [img[batch_size:]], [lab[batch_size:]], n - batch_size
+    if n:
+        yield {"image": np.concatenate(images), "label": np.concatenate(labels)}
+
+
+def _positional(data_config, split, batch_size, seed, epoch):
+    """(positions, batch) of mode='train' batches; eval_batches' train order is
+    ``data.pipeline.epoch_permutation(seed, epoch, n)``."""
+    from barlow_jax import data as data_lib
+    from barlow_jax.data.pipeline import epoch_permutation
+    order = epoch_permutation(seed, epoch, int(data_lib.num_examples(data_config, split)))
+    start = 0
+    labels = split_labels(data_config, split)
+    for batch in feats_lib.eval_stream(data_config, split, batch_size=batch_size, mode="train",
+                                       seed=seed, epoch=epoch):
+        b = len(batch["label"])
+        pos = order[start:start + b]
+        if not np.array_equal(labels[pos], batch["label"]):
+            raise ValueError("data.eval_batches(mode='train') no longer follows "
+                             "epoch_permutation(seed, epoch, n); semisup needs eval_batches "
+                             "to accept indices= for images larger than 64 pixels.")
+        yield pos, batch
+        start += b
+
+
+class FineTuner:
+    """Jitted fine-tuning step and evaluation of backbone + linear head (global jit)."""
+
+    def __init__(self, config, semisup, mesh):
+        from barlow_jax.data import augment_jax
+        from barlow_jax.models import build_backbone
+        if semisup.bn not in BN_MODES:
+            raise ValueError(f"--semisup.bn={semisup.bn!r} is unknown; use 'train' or 'frozen'.")
+        self.mesh = mesh
+        self.batch_sharding = NamedSharding(mesh, P("data"))
+        self.replicated = NamedSharding(mesh, P())
+        backbone = build_backbone(config)
+        crop = linear_lib.small_image_crop(semisup)
+        data_config = config.data
+        bn_train = semisup.bn == "train"
+        momentum, wd = float(semisup.momentum), float(semisup.weight_decay)
+        mean, std = feats_lib.mean_std(config.data)
+
+        def forward(params, batch_stats, x, train):
+            variables = {"params": params["backbone"], "batch_stats": batch_stats}
+            if train:
+                feats, upd = backbone.apply(variables, x, train=True, mutable=["batch_stats"])
+                batch_stats = upd["batch_stats"]
+            else:
+                feats = backbone.apply(variables, x, train=False)
+            logits = linear_lib.head_logits(params["head"], feats.astype(jnp.float32))
+            return logits, batch_stats
+
+        def step(params, batch_stats, buf, images, labels, mask, key_data, lrs):
+            if images.dtype == jnp.uint8:
+                key = jax.random.wrap_key_data(key_data)
+                x = augment_jax.view(images, key, crop, data_config, size=images.shape[1])
+            else:
+                x = images.astype(jnp.float32)
+
+            def loss_fn(p):
+                logits, new_bs = forward(p, batch_stats, x, bn_train)
+                return sup.masked_cross_entropy(logits, labels, mask), new_bs
+
+            (loss, new_bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            lr_tree = {"backbone": jax.tree.map(lambda _: lrs[0], params["backbone"]),
+                       "head": jax.tree.map(lambda _: lrs[1], params["head"])}
+            params, buf = sup.sgd_update(params, buf, grads, lr_tree, momentum=momentum,
+                                         weight_decay=wd)
+            return params, new_bs, buf, loss
+
+        def counts(params, batch_stats, images, labels, mask):
+            if images.dtype == jnp.uint8:
+                x = (images.astype(jnp.float32) / 255.0 - mean) / std
+            else:
+                x = images.astype(jnp.float32)
+            logits, _ = forward(params, batch_stats, x, False)
+            return sup.topk_correct(logits, labels, mask)
+
+        self.step = jax.jit(step)
+        self.counts = jax.jit(counts)
+
+    def put(self, x, replicated=False):
+        sharding = self.replicated if replicated else self.batch_sharding
+        return jax.tree.map(lambda a: feats_lib.global_array(np.asarray(a), sharding), x)
+
+    def evaluate(self, params, batch_stats, batches, batch_size: int):
+        """(top1, top5) in percent over an iterable of {'image', 'label'} batches."""
+        b_pad = -(-batch_size // self.mesh.devices.size) * self.mesh.devices.size
+        total, n = np.zeros(2), 0
+        for batch in batches:
+            for start in range(0, len(batch["label"]), b_pad):
+                part = {k: v[start:start + b_pad] for k, v in batch.items()}
+                part, mask = sup.pad_batch(part, b_pad)
+                total += np.asarray(self.counts(params, batch_stats, self.put(part["image"]),
+                                                self.put(part["label"].astype(np.int32)),
+                                                self.put(mask)))
+                n += int(mask.sum())
+        return tuple(float(100.0 * c / max(n, 1)) for c in total)
+
+
+def _fill_batch(batch, b_pad, order_head):
+    """Pads a streamed batch to b_pad rows with copies of ``order_head`` rows; mask 0 there."""
+    n = len(batch["label"])
+    mask = np.zeros(b_pad, np.float32)
+    mask[:n] = 1.0
+    if n == b_pad:
+        return batch, mask
+    take = np.resize(np.arange(len(order_head["label"])), b_pad - n)
+    return {k: np.concatenate([batch[k], order_head[k][take]]) for k in batch}, mask
+
+
+def run_semisup(workdir: str, semisup=None, fraction: float = 0.01, *, config=None,
+                variables=None, pretrain_step: Optional[int] = None, mesh=None,
+                log: Callable[[str], None] = print) -> Dict:
+    """Fine-tunes (or resumes) on ``fraction`` of the labels; returns the results."""
+    from barlow_jax import parallel
+    semisup = semisup if semisup is not None else get_default_semisup_config()
+    if variables is None:
+        from barlow_jax import checkpointing
+        saved, variables, pretrain_step = checkpointing.load_variables(
+            workdir, None if int(semisup.step) < 0 else int(semisup.step))
+        config = config if config is not None else saved
+    mesh = mesh if mesh is not None else parallel.make_mesh()
+    dc = config.data
+    train_split = semisup.train_split or dc.split
+    test_split = semisup.test_split or dc.eval_split
+    seed, bsz, epochs = int(semisup.seed), int(semisup.batch_size), int(semisup.epochs)
+    pct = f"{100 * fraction:g}%"
+
+    t0 = time.perf_counter()
+    if semisup.subset_file:
+        indices = subset_from_file(dc, train_split, semisup.subset_file, log)
+        subset_kind = f"file {semisup.subset_file}"
+    else:
+        if dc.source == "folder" and int(dc.get("num_classes", 0) or 0) == 1000:
+            raise ValueError("A 1000-class folder dataset (ImageNet) needs the standard subset: "
+                             "pass --semisup.subset_file=/path/to/1percent.txt (SimCLR's list).")
+        indices = balanced_subset(split_labels(dc, train_split), fraction, seed)
+        subset_kind = f"class-balanced, seed {seed}"
+    small = int(dc.image_size) <= linear_lib.SMALL_IMAGE
+    if small:
+        train = feats_lib.load_labelled(dc, train_split, indices=indices,
+                                        batch_size=int(semisup.eval_batch_size))
+        test = feats_lib.load_labelled(dc, test_split, max_examples=int(semisup.test_examples),
+                                       seed=seed + 1, batch_size=int(semisup.eval_batch_size))
+        labels_max = max(int(train.labels.max()), int(test.labels.max()))
+        test_batches = lambda: [{"image": test.images, "label": test.labels}]
+        n_test = len(test.labels)
+    else:
+        if int(semisup.test_examples) > 0:
+            raise ValueError("--semisup.test_examples needs images of at most "
+                             f"{linear_lib.SMALL_IMAGE} pixels; large test splits are streamed.")
+        labels_max = int(dc.get("num_classes", 1)) - 1
+        test_batches = lambda: feats_lib.eval_stream(dc, test_split,
+                                                     batch_size=int(semisup.eval_batch_size))
+        from barlow_jax import data as data_lib
+        n_test = int(data_lib.num_examples(dc, test_split))
+    num_classes = max(int(dc.get("num_classes", 0) or 0), labels_max + 1)
+    log(f"semisup {pct}: {len(indices)} labelled train examples ({subset_kind}), {n_test} test "
+        f"examples, {'device crop' if small else 'streamed'} input; "
+        f"{time.perf_counter() - t0:.1f}s")
+
+    lr_backbone = (float(semisup.lr_backbone) if float(semisup.lr_backbone) >= 0
+                   else default_lr_backbone(fraction))
+    tuner = FineTuner(config, semisup, mesh)
+    bvars = feats_lib.backbone_variables(variables)
+    from barlow_jax.models import build_backbone
+    feat_dim = build_backbone(config).num_features
+    head = linear_lib.init_head(jax.random.key(seed), feat_dim, num_classes,
+                                float(semisup.init_std))
+    params = {"backbone": bvars["params"], "head": head}
+    state = tuner.put({"params": params, "batch_stats": bvars["batch_stats"],
+                       "buf": jax.tree.map(np.zeros_like, params)}, replicated=True)
+    setup = {"pretrain_step": None if pretrain_step is None else int(pretrain_step),
+             "fraction": float(fraction), "num_train": int(len(indices)), "epochs": epochs,
+             "batch_size": bsz, "lr_backbone": lr_backbone, "lr_head": float(semisup.lr_head),
+             "weight_decay": float(semisup.weight_decay), "bn": str(semisup.bn), "seed": seed,
+             "subset": subset_kind, "num_classes": num_classes}
+    ckpt = sup.EpochCheckpoints(os.path.join(workdir, f"semisup_{100 * fraction:g}pct"))
+    history, start = [], 0
+    n_dev = mesh.devices.size
+    b_pad = -(-bsz // n_dev) * n_dev
+    try:
+        if ckpt.latest_epoch():
+            start = int(ckpt.latest_epoch())
+            state, meta = ckpt.restore(start, state)
+            sup.check_resumable(meta, setup, ckpt.directory)
+            history = list(meta["history"])
+            log(f"semisup {pct}: resumed after epoch {start} from {ckpt.directory}")
+        stop = int(semisup.stop_after_epochs)
+        for epoch in range(start, epochs):
+            t0 = time.perf_counter()
+            lr_b = sup.cosine_lr(lr_backbone, epoch, epochs)
+            lr_h = sup.cosine_lr(float(semisup.lr_head), epoch, epochs)
+            lrs_dev = tuner.put(np.array([lr_b, lr_h], np.float32), replicated=True)
+            params, batch_stats, buf = state["params"], state["batch_stats"], state["buf"]
+            losses = []
+            order = np.random.default_rng([seed, epoch]).permutation(len(indices))
+            epoch_key = jax.random.fold_in(jax.random.key(seed + 1), epoch)
+            if small:
+                head_rows = {"image": train.images[order[:b_pad]],
+                             "label": train.labels[order[:b_pad]]}
+                batches = ({"image": train.images[order[i:i + bsz]],
+                            "label": train.labels[order[i:i + bsz]]}
+                           for i in range(0, len(order), bsz))
+            else:
+                batches = subset_stream(dc, train_split, indices, batch_size=bsz, seed=seed,
+                                        epoch=epoch)
+                head_rows = None
+            for i, batch in enumerate(batches):
+                if head_rows is None:
+                    head_rows = {k: np.asarray(v) for k, v in batch.items()}
+                batch, mask = _fill_batch(batch, b_pad, head_rows)
+                key = tuner.put(jax.random.key_data(jax.random.fold_in(epoch_key, i)),
+                                replicated=True)
+                params, batch_stats, buf, loss = tuner.step(
+                    params, batch_stats, buf, tuner.put(batch["image"]),
+                    tuner.put(batch["label"].astype(np.int32)), tuner.put(mask), key, lrs_dev)
+                losses.append((loss, float(mask.sum())))
+            state = {"params": params, "batch_stats": batch_stats, "buf": buf}
+            loss = float(sum(float(l) * n for l, n in losses) / max(sum(n for _, n in losses), 1))
+            top1, top5 = tuner.evaluate(params, batch_stats, test_batches(),
+                                        int(semisup.eval_batch_size))
+            record = {"epoch": epoch + 1, "loss": loss, "lr_backbone": lr_b,
+                      "lr_head": lr_h, "top1": top1, "top5": top5,
+                      "seconds": time.perf_counter() - t0}
+            history.append(record)
+            log(f"semisup {pct} epoch {epoch + 1}/{epochs} | loss {loss:.4f} | lr "
+                f"{lr_b:.4g}/{lr_h:.4g} | top1 {top1:.2f} | top5 {top5:.2f} | "
+                f"{record['seconds']:.1f}s")
+            ckpt.save(epoch + 1, state, {"setup": setup, "history": history})
+            if stop and epoch + 1 - start >= stop and epoch + 1 < epochs:
+                break
+    finally:
+        ckpt.close()
+    result = dict(sup.summarize(history), epochs=history, setup=setup,
+                  complete=bool(history) and history[-1]["epoch"] == epochs,
+                  protocol=semisup.to_dict())
+    path = os.path.join(workdir, "semisup_eval.json")
+    payload = {}
+    if os.path.exists(path):
+        import json
+        with open(path, encoding="utf-8") as f:
+            payload = json.load(f)
+    payload[pct] = result
+    sup.write_json(path, payload)
+    if result["complete"]:
+        log(f"semisup {pct} done: final top1 {result['final']['top1']:.2f} top5 "
+            f"{result['final']['top5']:.2f}; {path}")
+    return result
+
+
+def _extra_flags():
+    from absl import flags
+    flags.DEFINE_float("fraction", None, "Fraction of the labels: 0.01 or 0.1.")
+    flags.mark_flag_as_required("fraction")
+
+
+if __name__ == "__main__":
+    sup.cli("semisup", get_default_semisup_config(),
+            lambda workdir, config, flags, semisup: run_semisup(
+                workdir, semisup, flags.fraction, config=config),
+            extra_flags=_extra_flags)
