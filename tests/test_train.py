@@ -89,9 +89,16 @@ def test_incompatible_config_is_refused_and_checkpoints_kept(short_run):
 
 def test_unknown_config_key(tmp_path):
     r = run_cli(["--config=configs/smoke.py", f"--workdir={tmp_path}", "--config.optimizer.lr_weight=1"])
-    assert r.returncode != 0
-    assert "lr_weight" in r.stderr
+    assert r.returncode == 2
+    assert "unknown config key 'lr_weight'" in r.stderr and "'lr_weights'" in r.stderr
+    assert "Traceback" not in r.stderr
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_missing_config_file(tmp_path):
+    r = run_cli(["--config=configs/no_such_config.py", f"--workdir={tmp_path}"])
+    assert r.returncode == 2
+    assert "could not load the config file" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_batch_that_does_not_divide_devices(tmp_path):
