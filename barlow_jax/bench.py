@@ -95,7 +95,7 @@ def benchmark(config, steps: int = 20, warmup: int = 3, peak_tflops: float = 0.0
 
     for _ in range(warmup):
         state, m = compiled(state, batch, None, key)
-    jax.block_until_ready(m)
+    jax.block_until_ready(state)
     times = []
     for _ in range(steps):
         t = time.perf_counter()
@@ -103,6 +103,7 @@ def benchmark(config, steps: int = 20, warmup: int = 3, peak_tflops: float = 0.0
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t)
     step_time = statistics.median(times)
+    loss = float(np.asarray(m["loss"]))
 
     dev = jax.devices()[0]
     mem = None
@@ -131,7 +132,7 @@ def benchmark(config, steps: int = 20, warmup: int = 3, peak_tflops: float = 0.0
         "step_time_min_ms": min(times) * 1e3, "step_time_max_ms": max(times) * 1e3,
         "compile_seconds": compile_s, "flops_per_step_per_device": flops,
         "peak_memory_bytes": mem, "memory_source": mem_source,
-        "peak_tflops_per_device": peak, "mfu": mfu, "timed_steps": steps,
+        "peak_tflops_per_device": peak, "mfu": mfu, "timed_steps": steps, "last_loss": loss,
     }
 
 
