@@ -47,12 +47,19 @@ def _flatten(d, prefix=""):
     return out
 
 
-def config_differences(saved: Dict, current: Dict):
-    """[(key, saved_value, current_value)] for keys that change the computation."""
+def config_differences(saved: Dict, current: Dict, defaults: Optional[Dict] = None):
+    """[(key, saved_value, current_value)] for keys that change the computation.
+
+    A key absent from the saved config (written before the key existed) is
+    compatible when the current value is the key's default in ``defaults``.
+    """
     a, b = _flatten(saved), _flatten(current)
+    d = _flatten(defaults) if defaults is not None else {}
     diffs = []
     for key in sorted(set(a) | set(b)):
         if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
+            continue
+        if key not in a and key in d and b.get(key) == d[key]:
             continue
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             diffs.append((key, a.get(key, "<absent>"), b.get(key, "<absent>")))

@@ -159,11 +159,17 @@ def resnet_entries(params: Mapping) -> List[Entry]:
     return out
 
 
-def head_entries(params: Mapping, prefix: str) -> List[Entry]:
-    """Entries for an MLPHead (linear{j}, bn{j}) as nn.Sequential ``prefix.<idx>``."""
+def head_entries(params: Mapping, prefix: str, batch_stats: Optional[Mapping] = None) -> List[Entry]:
+    """Entries for an MLPHead (linear{j}, bn{j}) as nn.Sequential ``prefix.<idx>``.
+
+    A final BN built with ``last_bn_affine='scale'`` (SimCLR) exports only its
+    ``weight``; one with ``'none'`` (SimSiam, ``BatchNorm1d(affine=False)``)
+    has no ``weight``/``bias`` and only running statistics, as in torch.
+    """
     out: List[Entry] = []
     parsed = []
-    for name in params:
+    batch_stats = batch_stats or {}
+    for name in sorted(set(params) | set(batch_stats)):
         m = re.fullmatch(r"(linear|bn)(\d+)", name)
         if m is None:
             raise ValueError(f"Not a barlow_jax MLPHead param tree: unknown module {name!r} "
@@ -175,7 +181,8 @@ def head_entries(params: Mapping, prefix: str) -> List[Entry]:
             if "bias" in params[name]:
                 out.append((f"{prefix}.{3 * j}.bias", "params", (name, "bias"), "plain"))
         else:
-            out += _bn_entries(f"{prefix}.{3 * j + 1}", (name,))
+            present = set(params.get(name, {})) | {"mean", "var"}
+            out += [e for e in _bn_entries(f"{prefix}.{3 * j + 1}", (name,)) if e[2][-1] in present]
     return out
 
 
@@ -240,7 +247,7 @@ def to_torch_full(variables: Mapping) -> Dict[str, np.ndarray]:
         for head in ("projector", "predictor"):
             if head in params:
                 hv = {"params": params[head], "batch_stats": stats.get(head, {})}
-                out.update(_export(head_entries(params[head], head), hv, prefix))
+                out.update(_export(head_entries(params[head], head, hv["batch_stats"]), hv, prefix))
         return out
 
     out = net(variables, "")

@@ -101,13 +101,27 @@ def bt_schedule(peak: float, *, total_steps: int, warmup_steps: int,
     return schedule
 
 
+def _predictor_labels(params):
+    """'fixed' for every leaf of params['predictor'], 'scheduled' elsewhere."""
+    if "predictor" not in params:
+        raise ValueError("config.optimizer.fix_predictor_lr=True but the network has no "
+                         "predictor; set config.predictor.spec or turn fix_predictor_lr off.")
+    return {k: jax.tree.map(lambda _: "fixed" if k == "predictor" else "scheduled", v)
+            for k, v in params.items()}
+
+
 def build_optimizer(opt_config, *, batch_size: int, steps_per_epoch: int, total_steps: int):
     """(optax transformation, {name: schedule}) for ``config.optimizer``.
 
     ``lars``: bt_lars with lr_weights / lr_biases per 256 image pairs, scaled
     by batch/256 when ``scale_lr_by_batch``. ``sgd``: SGD with momentum and
-    weight decay on every parameter (SimSiam's optimizer), lr_weights as base.
+    weight decay on every parameter (SimSiam's optimizer), lr_weights as base;
+    with ``fix_predictor_lr`` the ``predictor`` subtree keeps the constant
+    base rate (no warmup, no decay) and the rest follows the schedule.
     """
+    if opt_config.get("fix_predictor_lr", False) and opt_config.name != "sgd":
+        raise ValueError(f"config.optimizer.fix_predictor_lr=True is supported with "
+                         f"optimizer.name='sgd' only (got {opt_config.name!r}); turn it off.")
     scale = batch_size / 256.0 if opt_config.scale_lr_by_batch else 1.0
     warmup = int(round(opt_config.warmup_epochs * steps_per_epoch))
     sched = lambda base: bt_schedule(base * scale, total_steps=total_steps, warmup_steps=warmup,
@@ -119,8 +133,15 @@ def build_optimizer(opt_config, *, batch_size: int, steps_per_epoch: int, total_
         return tx, {"lr": lr_w, "lr_biases": lr_b}
     if opt_config.name == "sgd":
         lr = sched(opt_config.lr_weights)
-        tx = optax.chain(optax.add_decayed_weights(opt_config.weight_decay),
-                         optax.sgd(lr, momentum=opt_config.momentum))
-        return tx, {"lr": lr}
+        sgd = lambda rate: optax.chain(optax.add_decayed_weights(opt_config.weight_decay),
+                                       optax.sgd(rate, momentum=opt_config.momentum))
+        if not opt_config.get("fix_predictor_lr", False):
+            return sgd(lr), {"lr": lr}
+        # SimSiam's --fix-pred-lr: the predictor keeps lr_weights x batch/256 throughout
+        # (facebookresearch/simsiam main_simsiam.py adjust_learning_rate, 'fix_lr' group).
+        fixed = opt_config.lr_weights * scale
+        tx = optax.multi_transform({"scheduled": sgd(lr), "fixed": sgd(fixed)},
+                                   _predictor_labels)
+        return tx, {"lr": lr, "lr_predictor": lambda count: jnp.full([], fixed, jnp.float32)}
     raise ValueError(f"config.optimizer.name={opt_config.name!r} is not supported; "
                      f"use 'lars' or 'sgd'.")

@@ -85,7 +85,9 @@ def check_resume_compatible(workdir: str, config):
         return
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
-    diffs = checkpointing.config_differences(saved, checkpointing.config_to_dict(config))
+    from configs import base  # the declared defaults: keys newer than the checkpoint
+    diffs = checkpointing.config_differences(saved, checkpointing.config_to_dict(config),
+                                             checkpointing.config_to_dict(base.get_config()))
     if diffs:
         shown = "; ".join(f"{k}: {a!r} in the checkpoint vs {b!r} now" for k, a, b in diffs[:6])
         more = f" (and {len(diffs) - 6} more)" if len(diffs) > 6 else ""

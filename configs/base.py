@@ -32,12 +32,14 @@ def get_config():
 
     c.model = ml_collections.ConfigDict(dict(
         name="resnet50", width=64, cifar_stem=False, zero_init_residual=True))
-    # Projector: "Linear-BN-ReLU ... Linear" widths (FIELD_NOTES §1).
+    # Projector: "Linear-BN-ReLU ... Linear" widths (FIELD_NOTES §1). last_bn_affine:
+    # the final BN's parameters, 'scale_bias' | 'scale' (SimCLR) | 'none' (SimSiam).
     c.projector = ml_collections.ConfigDict(dict(
-        spec="8192-8192-8192", hidden_bias=False, last_bias=False, last_bn=False))
+        spec="8192-8192-8192", hidden_bias=False, last_bias=False, last_bn=False,
+        last_bn_affine="scale_bias"))
     # Predictor (BYOL, SimSiam); empty spec = none.
     c.predictor = ml_collections.ConfigDict(dict(
-        spec="", hidden_bias=True, last_bias=True, last_bn=False))
+        spec="", hidden_bias=True, last_bias=True, last_bn=False, last_bn_affine="scale_bias"))
 
     c.loss = ml_collections.ConfigDict(dict(
         lambd=0.0051,                                      # Barlow Twins
@@ -52,7 +54,8 @@ def get_config():
         scale_lr_by_batch=True,
         weight_decay=1.5e-6,               # the paper's value (main.py default: 1e-6)
         momentum=0.9, eta=0.001,
-        warmup_epochs=10, final_lr_fraction=0.001,
+        warmup_epochs=10.0, final_lr_fraction=0.001,
+        fix_predictor_lr=False,            # sgd only: predictor keeps the base lr (SimSiam)
     ))
 
     c.data = ml_collections.ConfigDict(dict(

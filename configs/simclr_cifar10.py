@@ -1,10 +1,10 @@
 """SimCLR on CIFAR-10: ResNet-18 with the CIFAR stem, 32x32 views, no blur.
 
 Temperature 0.2 (solo-learn's cifar/simclr.yaml; 0.2-0.5 is the usual CIFAR
-range), projection head 2048-128 as on ImageNet, symmetric views with colour
-jitter of strength 1.0 (0.8, 0.8, 0.8, 0.2) with p 0.8, grayscale 0.2, no
-blur (dropped at 32x32), no solarisation; one learning rate for all
-parameters, cosine to 0.
+range), projection head 2048-128 as on ImageNet (final BN scale-only),
+symmetric views with colour jitter of strength 1.0 (0.8, 0.8, 0.8, 0.2) with
+p 0.8, grayscale 0.2, no blur (dropped at 32x32), no solarisation; one
+learning rate for all parameters, cosine to 0.
 
 python -m barlow_jax.main --config=configs/simclr_cifar10.py --workdir=DIR \
     --config.data.path=../shared/data/cifar10-jpeg.tar.gz
@@ -35,6 +35,7 @@ def get_config():
     c.projector.hidden_bias = False
     c.projector.last_bias = False
     c.projector.last_bn = True
+    c.projector.last_bn_affine = "scale"   # official center=False: scale, no offset
     c.loss.temperature = 0.2
     c.optimizer.lr_biases = c.optimizer.lr_weights
     c.optimizer.final_lr_fraction = 0.0

@@ -2,9 +2,10 @@
 
 ResNet-50; projection head 2048-128 as in the v1 code (``num_proj_layers=2``):
 Linear-BN-ReLU then Linear-BN, Linear layers without bias (the BN's offset
-plays its role). The official final BN has no offset (``center=False``);
-ours is affine, a small difference. NT-Xent with temperature 0.1 and every
-other sample of both views on all devices as a negative. LARS, lr 0.3 x
+plays its role); the final BN has a scale but no offset, as the official
+``batch_norm_relu(..., center=False)`` (``last_bn_affine='scale'``).
+NT-Xent with temperature 0.1 and every other sample of both views on all
+devices as a negative. LARS, lr 0.3 x
 batch/256 for every parameter, wd 1e-6, 10 warmup epochs then cosine to 0,
 batch 4096, 1000 epochs (the 69.3% run). Symmetric views: colour jitter of
 strength 1.0 (0.8, 0.8, 0.8, 0.2) with p 0.8, grayscale p 0.2, blur p 0.5
@@ -35,6 +36,7 @@ def get_config():
     c.projector.hidden_bias = False
     c.projector.last_bias = False
     c.projector.last_bn = True
+    c.projector.last_bn_affine = "scale"
     c.loss.temperature = 0.1
     c.optimizer.name = "lars"
     c.optimizer.lr_weights = 0.3

@@ -1,13 +1,13 @@
 """SimSiam on ImageNet, the published 100-epoch recipe (Chen & He, 2021; facebookresearch/simsiam).
 
 ResNet-50; projector 2048-2048-2048 (Linear without bias, BN, ReLU twice,
-then Linear and a final BN; the official final BN is affine=False, ours is
-affine), predictor 512-2048 (Linear without bias, BN, ReLU, Linear with
-bias). Loss: negative cosine with stop-gradient, averaged over the two
+then Linear and a final BN without affine parameters, as the official
+``BatchNorm1d(affine=False)``), predictor 512-2048 (Linear without bias,
+BN, ReLU, Linear with bias). Loss: negative cosine with stop-gradient, averaged over the two
 directions. Optimizer: SGD (not LARS), momentum 0.9, lr 0.05 x batch/256,
 weight decay 1e-4 on every parameter, cosine to 0 with no warmup, batch
-512, 100 epochs. Not reproduced: the official run keeps the predictor's lr
-fixed (``--fix-pred-lr``); here the predictor follows the cosine schedule.
+512, 100 epochs; the predictor's lr stays at the base rate (the official
+``--fix-pred-lr``, ``optimizer.fix_predictor_lr``).
 Augmentations: symmetric MoCo-v2 views (crop scale 0.2-1, jitter
 0.4/0.4/0.4/0.1 with p 0.8, grayscale 0.2, blur p 0.5, no solarisation).
 
@@ -35,6 +35,7 @@ def get_config():
     c.projector.hidden_bias = False
     c.projector.last_bias = False
     c.projector.last_bn = True
+    c.projector.last_bn_affine = "none"
     c.predictor.spec = "512-2048"
     c.predictor.hidden_bias = False
     c.predictor.last_bias = True
@@ -46,6 +47,7 @@ def get_config():
     c.optimizer.momentum = 0.9
     c.optimizer.warmup_epochs = 0
     c.optimizer.final_lr_fraction = 0.0
+    c.optimizer.fix_predictor_lr = True
     c.data.augment.view1 = symmetric_view(blur=0.5, solarize=0.0)
     c.data.augment.view2 = symmetric_view(blur=0.5, solarize=0.0)
     return c

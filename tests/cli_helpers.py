@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,6 +17,11 @@ def cli_env(n_devices: int):
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    # Runs of the same config share compiled programs (the interrupted, resumed and
+    # straight runs of a test compile the same step); results are unaffected.
+    env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), "barlow_jax_test_jit_cache")
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     return env
 
 

@@ -406,3 +406,29 @@ def test_export_from_orbax_checkpoint(tmp_path, capsys):
     assert export.main([f"--workdir={workdir}", "--step=5", f"--out={out}"]) == 1
     err = capsys.readouterr().err.strip()
     assert "No checkpoint for step 5" in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize("method,final_bn_keys", [
+    ("simclr", {"weight", "running_mean", "running_var", "num_batches_tracked"}),
+    ("simsiam", {"running_mean", "running_var", "num_batches_tracked"}),
+])
+def test_full_export_of_scale_only_and_non_affine_final_bn(method, final_bn_keys):
+    """SimCLR's last BN has a scale only, SimSiam's is BatchNorm1d(affine=False)."""
+    import jax
+    import jax.numpy as jnp
+    from barlow_jax.export import from_torch_full, to_torch_full
+    from barlow_jax.models import build_ssl_net
+    from configs import smoke
+    config = smoke.get_config(method)
+    v = build_ssl_net(config).init(jax.random.key(0), jnp.zeros((2, 16, 16, 3)), train=False)
+    rng = np.random.default_rng(0)
+    v = jax.tree.map(lambda x: np.asarray(x) + rng.random(x.shape).astype(np.float32), v)
+    sd = to_torch_full({"params": v["params"], "batch_stats": v["batch_stats"], "target": None})
+    assert {k.split(".", 2)[2] for k in sd if k.startswith("projector.4.")} == final_bn_keys
+    back = from_torch_full(sd)
+    for part in ("params", "batch_stats"):
+        flat_a = jax.tree_util.tree_leaves_with_path(v[part])
+        flat_b = dict(jax.tree_util.tree_leaves_with_path(back[part]))
+        assert len(flat_a) == len(flat_b)
+        for path, a in flat_a:
+            np.testing.assert_array_equal(np.asarray(flat_b[path]), a)

@@ -32,7 +32,8 @@ def _head(cfg, dtype, axis_name):
     if not widths:
         return None
     return MLPHead(widths=widths, hidden_bias=cfg.hidden_bias, last_bias=cfg.last_bias,
-                   last_bn=cfg.last_bn, dtype=dtype, axis_name=axis_name)
+                   last_bn=cfg.last_bn, last_bn_affine=cfg.get("last_bn_affine", "scale_bias"),
+                   dtype=dtype, axis_name=axis_name)
 
 
 def build_ssl_net(config, *, axis_name: Optional[str] = None, dtype=None,

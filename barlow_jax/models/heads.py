@@ -7,6 +7,16 @@ A head is described by a string of layer widths, e.g. "8192-8192-8192"
 
 Barlow Twins uses no biases (the BN that follows makes them redundant);
 VICReg keeps biases on the hidden layers, as its official code does.
+
+The final BN's affine parameters (``last_bn_affine``) follow the method's
+official head:
+
+    'scale_bias'  gamma and beta (an ordinary affine BN; the default)
+    'scale'       gamma only: SimCLR's ``batch_norm_relu(..., center=False)``
+                  after the last layer (google-research/simclr model_util.py,
+                  ``linear_layer(use_bias=False, use_bn=True)``)
+    'none'        neither: SimSiam's ``nn.BatchNorm1d(dim, affine=False)``
+                  (facebookresearch/simsiam builder.py)
 """
 
 from __future__ import annotations
@@ -20,6 +30,18 @@ from barlow_jax.models.resnet import BN_EPS, BN_MOMENTUM
 
 # torch.nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+# config value of ``last_bn_affine`` -> (use_scale, use_bias) of the final BN
+LAST_BN_AFFINE = {"scale_bias": (True, True), "scale": (True, False), "none": (False, False)}
+
+
+def last_bn_flags(value: str):
+    """'scale_bias' | 'scale' | 'none' -> (use_scale, use_bias) of the head's final BN."""
+    if value not in LAST_BN_AFFINE:
+        raise ValueError(f"last_bn_affine={value!r} is not supported; use one of "
+                         f"{sorted(LAST_BN_AFFINE)} ('scale' for SimCLR, 'none' for SimSiam).")
+    return LAST_BN_AFFINE[value]
 
 
 def parse_widths(spec: str) -> Sequence[int]:
@@ -44,7 +66,9 @@ class MLPHead(nn.Module):
       widths: output width of each Linear layer.
       hidden_bias: bias on the hidden Linear layers.
       last_bias: bias on the final Linear layer.
-      last_bn: BatchNorm (affine) after the final Linear (SimCLR v2 style).
+      last_bn: BatchNorm after the final Linear (SimCLR, SimSiam).
+      last_bn_affine: that BN's affine parameters, 'scale_bias' | 'scale' |
+        'none' (see the module docstring); ignored without ``last_bn``.
       dtype: computation dtype; parameters stay float32.
       axis_name: mapped axis for cross-device BN statistics.
     """
@@ -53,15 +77,21 @@ class MLPHead(nn.Module):
     hidden_bias: bool = False
     last_bias: bool = False
     last_bn: bool = False
+    last_bn_affine: str = "scale_bias"
     dtype: Any = jnp.float32
     axis_name: Optional[str] = None
 
+    def __post_init__(self):
+        last_bn_flags(self.last_bn_affine)  # a bad value fails where the head is built
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x, train: bool = False):
-        norm = lambda name: nn.BatchNorm(
+        norm = lambda name, use_scale=True, use_bias=True: nn.BatchNorm(
             use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
-            dtype=self.dtype, param_dtype=jnp.float32,
-            axis_name=self.axis_name if train else None, name=name)
+            use_scale=use_scale, use_bias=use_bias, dtype=self.dtype,
+            param_dtype=jnp.float32, axis_name=self.axis_name if train else None, name=name)
+        last_scale, last_offset = last_bn_flags(self.last_bn_affine)
         x = jnp.asarray(x, self.dtype)
         n = len(self.widths)
         for i, w in enumerate(self.widths):
@@ -72,7 +102,7 @@ class MLPHead(nn.Module):
             if not last:
                 x = nn.relu(norm(f"bn{i}")(x))
             elif self.last_bn:
-                x = norm(f"bn{i}")(x)
+                x = norm(f"bn{i}", last_scale, last_offset)(x)
         return x
 
 
