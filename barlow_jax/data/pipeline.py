@@ -1,106 +1,350 @@
-"""Builds the training pipeline named by ``config.data`` (see package doc)."""
+"""Builds the training pipeline named by ``config.data`` (contract: package docstring).
+
+Placements (``config.data.placement``):
+
+* ``host``: tf.data on the CPU does everything; a batch is
+  ``{'view1', 'view2'}`` float32 normalised [B, S, S, 3] plus ``'label'``.
+* ``split``: tf.data decodes, crops and flips (uint8 ``{'view1', 'view2'}``);
+  ``make_views`` does colour, grayscale, blur, solarize and normalisation in
+  JAX with per-example randomness from the step's key.
+* ``device``: the uint8 dataset lives on the devices (sharded ``P('data')``);
+  a batch is ``{'idx'}`` (indices into each device's shard) and ``make_views``
+  does every op, the crop included.
+* ``auto``: ``device`` when JAX's default backend is not the CPU, else ``host``.
+
+Order (placements ``host`` and ``split`` on indexed sources). Epoch e visits
+``permutation(seed, e)`` of the N examples; step k = e * steps_per_epoch + j
+takes positions [j*B, (j+1)*B) of it (the last N mod B are dropped), and
+process p of P builds rows [p*B/P, (p+1)*B/P) of that global batch, the rows
+its devices hold. Example i's augmentation is seeded by (seed, e, i). A
+pipeline started at step k therefore yields exactly what an uninterrupted one
+yields at step k, decodes nothing it skips, and the global batch does not
+depend on the number of processes. TFDS streams instead: each process reads
+the split's shard ``p::P`` through a shuffle buffer seeded by (seed, e), and a
+resume skips (without decoding) the examples already used in the epoch.
+
+Placement ``device``: device d of D holds a fixed random 1/D of the dataset
+and, in epoch e, visits it in the order ``permutation(seed, e, d)``; the view
+randomness comes from the step key, which the trainer derives from the step.
+"""
 
 from __future__ import annotations
 
+import itertools
+import logging
 from typing import Any, Dict, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from barlow_jax.data import augment_jax
-from barlow_jax.data.synthetic import make_synthetic
+from barlow_jax.data.sources import IndexedSource, open_source, tfds_dataset
+
+PLACEMENTS = ("host", "split", "device", "auto")
+log = logging.getLogger(__name__)
 
 
-def load_arrays(data_config, split: str = "train", seed: int = 0):
-    """(images uint8 [N,H,W,3], labels int32 [N]) for in-memory sources."""
-    if data_config.source == "synthetic":
-        n = data_config.num_examples if split == "train" else data_config.get(
-            "num_eval_examples", data_config.num_examples)
-        return make_synthetic(n, data_config.image_size,
-                              num_classes=data_config.get("num_classes", 10),
-                              seed=data_config.get("synthetic_seed", 0) + (split != "train"))
-    if data_config.source == "arrays":
-        images, labels = data_config.arrays[split]
-        return np.asarray(images, np.uint8), np.asarray(labels, np.int32)
-    raise ValueError(f"config.data.source={data_config.source!r} is not supported yet; "
-                     f"use 'synthetic' or 'arrays'.")
+def resolve_placement(placement: str) -> str:
+    if placement not in PLACEMENTS:
+        raise ValueError(f"config.data.placement={placement!r} is unknown; use one of "
+                         f"{', '.join(PLACEMENTS)}.")
+    if placement == "auto":
+        return "device" if jax.default_backend() != "cpu" else "host"
+    return placement
 
 
-def load_eval_arrays(data_config, split: str):
-    """Labelled uint8 images of ``split`` for evaluation (kNN, probes)."""
-    return load_arrays(data_config, split)
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-class DevicePipeline:
-    """The whole uint8 dataset lives on the devices; every step is a gather.
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 32-bit seed for epoch ``epoch``'s augmentation (and TFDS shuffle)."""
+    return int(np.random.SeedSequence([seed, epoch, 7]).generate_state(1)[0])
 
-    Each device owns a contiguous 1/D slice of the (truncated) dataset and
-    draws its part of the global batch from that slice by a per-epoch
-    permutation derived from (seed, epoch, device): no host work per step
-    beyond a tiny index array, and a resumed run draws the same indices.
-    """
 
-    def __init__(self, images, labels, data_config, *, global_batch_size, seed,
-                 mesh, start_step=0):
-        n_dev = mesh.devices.size
-        n = (len(images) // n_dev) * n_dev
-        if n < global_batch_size:
-            raise ValueError(
-                f"The dataset has {len(images)} images, fewer than one global batch of "
-                f"{global_batch_size}; lower config.batch_size or use more data.")
-        self.mesh = mesh
-        self.sharding = NamedSharding(mesh, P("data"))
-        self.num_examples = n
-        self.steps_per_epoch = n // global_batch_size
-        self.local_n = n // n_dev
-        self.local_batch = global_batch_size // n_dev
-        self.n_dev = n_dev
-        self.seed = seed
-        self.step = start_step
-        self.data_config = data_config
-        self.device_data = {
-            "images": jax.device_put(images[:n], self.sharding),
-            "labels": jax.device_put(labels[:n], self.sharding),
-        }
+def local_epoch_indices(n: int, global_batch: int, seed: int, epoch: int, first_step: int,
+                        rows: tuple) -> np.ndarray:
+    """Example indices this process reads in ``epoch`` from step ``first_step`` on, in order."""
+    steps = n // global_batch
+    order = epoch_permutation(seed, epoch, n)[:steps * global_batch]
+    return order.reshape(steps, global_batch)[first_step:, rows[0]:rows[1]].reshape(-1)
 
-    def _indices(self, step):
-        epoch, pos = divmod(step, self.steps_per_epoch)
-        out = np.empty((self.n_dev, self.local_batch), np.int32)
-        for d in range(self.n_dev):
-            perm = np.random.default_rng([self.seed, epoch, d]).permutation(self.local_n)
-            out[d] = perm[pos * self.local_batch:(pos + 1) * self.local_batch]
-        return out.reshape(-1)
+
+def process_rows(mesh, global_batch: int, process_index=None, process_count=None) -> tuple:
+    """[start, stop) of the global batch rows held by this process's devices."""
+    if process_count is not None:
+        per = global_batch // process_count
+        return process_index * per, (process_index + 1) * per
+    spans = NamedSharding(mesh, P("data")).addressable_devices_indices_map((global_batch,))
+    starts = sorted((s[0].start or 0, s[0].stop or global_batch) for s in spans.values())
+    if any(a[1] != b[0] for a, b in zip(starts, starts[1:])):
+        raise ValueError("This process's devices do not hold one contiguous block of the "
+                         "batch; build the mesh from jax.devices() in their default order.")
+    return starts[0][0], starts[-1][1]
+
+
+def _check_batch(global_batch: int, mesh, process_count: int) -> int:
+    n_dev = mesh.shape["data"]
+    if global_batch % n_dev or global_batch % process_count:
+        raise ValueError(f"config.batch_size={global_batch} must be divisible by the "
+                         f"{n_dev} devices and {process_count} processes; change it.")
+    return n_dev
+
+
+def _too_small(n: int, global_batch: int, what: str):
+    return ValueError(f"The training split has {n} usable {what}, fewer than one global batch "
+                      f"of {global_batch}; lower config.batch_size or use more data.")
+
+
+class _Pipeline:
+    num_examples: int
+    steps_per_epoch: int
+    device_data: Any = None
+    skipped: int = 0
 
     def __iter__(self):
         return self
 
-    def __next__(self):
-        idx = self._indices(self.step)
-        self.step += 1
-        return {"idx": jax.device_put(idx, self.sharding)}
-
-    def make_views(self, batch, device_data, key):
-        images = device_data["images"][batch["idx"]]
-        k1, k2 = jax.random.split(key)
-        aug = self.data_config.augment
-        return (augment_jax.augment(images, k1, aug.view1, self.data_config),
-                augment_jax.augment(images, k2, aug.view2, self.data_config))
-
     def stats(self) -> Dict[str, Any]:
-        return {"skipped_images": 0}
+        return {"skipped_images": int(self.skipped)}
 
     def close(self):
         pass
 
 
+# ----------------------------------------------------------------- host / split
+
+class HostPipeline(_Pipeline):
+    """tf.data pipeline for placements 'host' and 'split' (see module docstring)."""
+
+    def __init__(self, data_config, placement: str, *, global_batch_size: int, seed: int,
+                 mesh, start_step: int = 0, process_index=None, process_count=None):
+        import tensorflow as tf
+        from barlow_jax.data import augment_tf
+        self._tf, self._atf = tf, augment_tf
+        self.data_config = data_config
+        self.placement = placement
+        self.sharding = NamedSharding(mesh, P("data"))
+        pc = jax.process_count() if process_count is None else process_count
+        pi = jax.process_index() if process_count is None else process_index
+        _check_batch(global_batch_size, mesh, pc)
+        rows = process_rows(mesh, global_batch_size, process_index, process_count)
+        local_batch = rows[1] - rows[0]
+        source = open_source(data_config, data_config.split)
+        self.skipped = source.skipped
+        if isinstance(source, IndexedSource):
+            n = source.num_examples
+            self.steps_per_epoch = n // global_batch_size
+            if self.steps_per_epoch == 0:
+                raise _too_small(n, global_batch_size, "images")
+            examples = self._indexed(source, seed, global_batch_size, rows, start_step)
+        else:
+            per_process = source.num_examples // pc
+            self.steps_per_epoch = per_process // local_batch
+            if self.steps_per_epoch == 0:
+                raise _too_small(source.num_examples, global_batch_size, "examples")
+            examples = self._streamed(seed, pi, pc, local_batch, start_step)
+        self.num_examples = self.steps_per_epoch * global_batch_size
+        ds = examples.map(self._crops, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(local_batch, drop_remainder=True)
+        if placement == "host":
+            ds = ds.map(self._colour, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.prefetch(2)
+        options = tf.data.Options()
+        options.deterministic = True
+        if data_config.get("threads", 0) > 0:
+            options.threading.private_threadpool_size = data_config.threads
+        self._dataset = ds.with_options(options)
+        self._iterator = self._dataset.as_numpy_iterator()
+
+    def _decoded(self, ds):
+        """Maps (s, i, encoded, label) to (s, i, image, label).
+
+        Files that passed the PIL check at indexing but that TF cannot decode
+        are dropped with TF's warning instead of stopping training (errors of
+        the augmentation itself are not caught: they come later).
+        """
+        tf = self._tf
+        ds = ds.map(lambda s, i, enc, label: (s, i, self._atf.decode(enc), label),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.ignore_errors(log_warning=True)
+
+    def _indexed(self, source, seed, global_batch, rows, start_step):
+        """(epoch_seed, example index, image, label) in this process's order."""
+        tf = self._tf
+        n = source.num_examples
+        start_epoch, first = divmod(start_step, self.steps_per_epoch)
+
+        def epochs():
+            for epoch in itertools.count(start_epoch):
+                yield epoch_seed(seed, epoch), local_epoch_indices(
+                    n, global_batch, seed, epoch, first if epoch == start_epoch else 0, rows)
+
+        spec = (tf.TensorSpec((), tf.int64), tf.TensorSpec((None,), tf.int64))
+        ds = tf.data.Dataset.from_generator(epochs, output_signature=spec)
+        ds = ds.flat_map(lambda s, idx: tf.data.Dataset.from_tensor_slices(
+            (tf.fill(tf.shape(idx), s), idx)))
+        labels = tf.constant(source.labels)
+        if source.paths is None:
+            images = tf.constant(source.images)
+            return ds.map(lambda s, i: (s, i, tf.gather(images, i), tf.gather(labels, i)))
+        paths = tf.constant(source.paths.astype(str))
+        return self._decoded(ds.map(lambda s, i: (
+            s, i, tf.io.read_file(tf.gather(paths, i)), tf.gather(labels, i))))
+
+    def _streamed(self, seed, pi, pc, local_batch, start_step):
+        """TFDS: this process's shard through a per-epoch seeded shuffle buffer."""
+        tf, dc = self._tf, self.data_config
+        base = tfds_dataset(dc, dc.split, decode=False).shard(pc, pi)
+        per_epoch = self.steps_per_epoch * local_batch
+        start_epoch, first = divmod(start_step, self.steps_per_epoch)
+
+        def epochs():
+            for epoch in itertools.count(start_epoch):
+                yield epoch_seed(seed, epoch), (first if epoch == start_epoch else 0) * local_batch
+
+        spec = (tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.int64))
+
+        def one_epoch(s, skip):
+            ds = base.shuffle(dc.shuffle_buffer, seed=s).take(per_epoch).enumerate().skip(skip)
+            return ds.map(lambda pos, ex: (s, pos * pc + pi, ex[0], ex[1]))
+
+        epochs_ds = tf.data.Dataset.from_generator(epochs, output_signature=spec)
+        return self._decoded(epochs_ds.flat_map(one_epoch))
+
+    def _crops(self, s, i, image, label):
+        """Per example, seeded by (epoch seed, example index): both views' crop + flip
+        ('split': uint8; 'host': float in [0, 1] plus the colour parameters)."""
+        tf, size, aug = self._tf, self.data_config.image_size, self.data_config.augment
+        seeds = tf.random.experimental.stateless_split(tf.stack([s, i]), 2)
+        out = {"label": label}
+        for k, (seed, cfg) in enumerate(((seeds[0], aug.view1), (seeds[1], aug.view2)), 1):
+            if self.placement == "split":
+                out[f"view{k}"] = self._atf.crop_and_flip_uint8(image, seed, cfg, size)
+            else:
+                out[f"view{k}"], out[f"params{k}"] = self._atf.crop_stage(image, seed, cfg, size)
+        return out
+
+    def _colour(self, batch):
+        """Per batch ('host'): colour ops with each example's parameters, normalisation."""
+        dc, aug = self.data_config, self.data_config.augment
+        out = {"label": batch["label"]}
+        for k, cfg in ((1, aug.view1), (2, aug.view2)):
+            x = self._atf.color_batch(batch[f"view{k}"], batch[f"params{k}"], cfg)
+            out[f"view{k}"] = self._atf.normalize(x, dc)
+        return out
+
+    def local_batches(self):
+        """This process's part of each global batch, as NumPy dicts."""
+        return self._iterator
+
+    def __next__(self):
+        local = next(self._iterator)
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(self.sharding, x), local)
+
+    def make_views(self, batch, device_data, key):
+        if self.placement == "host":
+            return batch["view1"], batch["view2"]
+        k1, k2 = jax.random.split(key)
+        aug = self.data_config.augment
+        return (augment_jax.view(batch["view1"], k1, aug.view1, self.data_config, crop=False),
+                augment_jax.view(batch["view2"], k2, aug.view2, self.data_config, crop=False))
+
+    def close(self):
+        self._iterator = None
+
+
+# ----------------------------------------------------------------- device
+
+class DevicePipeline(_Pipeline):
+    """The whole uint8 dataset lives on the devices; every step is a gather.
+
+    Device d holds rows ``layout[d*L:(d+1)*L]`` of the dataset (a random 1/D,
+    fixed by the seed) and draws its part of step k's batch from them in the
+    per-epoch order ``permutation(seed, epoch, d)``. Each process fills only its
+    own devices (``make_array_from_callback``), so it reads only their rows.
+    """
+
+    placement = "device"
+
+    def __init__(self, source: IndexedSource, data_config, *, global_batch_size: int,
+                 seed: int, mesh, start_step: int = 0):
+        n_dev = _check_batch(global_batch_size, mesh, jax.process_count())
+        images, labels = source.images, source.labels
+        self.skipped = source.skipped
+        self.data_config = data_config
+        self.sharding = NamedSharding(mesh, P("data"))
+        self.local_n = len(images) // n_dev
+        self.local_batch = global_batch_size // n_dev
+        self.steps_per_epoch = self.local_n // self.local_batch
+        if self.steps_per_epoch == 0:
+            raise _too_small(len(images), global_batch_size, "images")
+        self.num_examples = self.steps_per_epoch * global_batch_size
+        self.global_batch = global_batch_size
+        self.seed, self.step = seed, start_step
+        n = self.local_n * n_dev
+        assign = np.random.default_rng([seed]).permutation(len(images))[:n]
+        layout = np.sort(assign.reshape(n_dev, self.local_n), axis=1).reshape(-1)
+
+        def rows(index):
+            return layout[index[0]]
+
+        self.device_data = {
+            "images": jax.make_array_from_callback(
+                (n, *images.shape[1:]), self.sharding, lambda ix: np.asarray(images[rows(ix)])),
+            "labels": jax.make_array_from_callback(
+                (n,), self.sharding, lambda ix: np.asarray(labels)[rows(ix)]),
+        }
+        self._perms: Dict[int, np.ndarray] = {}
+        self._perm_epoch = None
+
+    def _device_indices(self, device: int, epoch: int, pos: int) -> np.ndarray:
+        if self._perm_epoch != epoch:
+            self._perms, self._perm_epoch = {}, epoch
+        if device not in self._perms:
+            self._perms[device] = np.random.default_rng(
+                [self.seed, epoch, device]).permutation(self.local_n).astype(np.int32)
+        b = self.local_batch
+        return self._perms[device][pos * b:(pos + 1) * b]
+
+    def indices(self, step: int) -> np.ndarray:
+        """The global idx array of ``step`` (all devices; for tests and tools)."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        return np.concatenate([self._device_indices(d, epoch, pos)
+                               for d in range(self.global_batch // self.local_batch)])
+
+    def __next__(self):
+        epoch, pos = divmod(self.step, self.steps_per_epoch)
+        self.step += 1
+
+        def part(index):
+            start = index[0].start or 0
+            return self._device_indices(start // self.local_batch, epoch, pos)
+
+        return {"idx": jax.make_array_from_callback((self.global_batch,), self.sharding, part)}
+
+    def make_views(self, batch, device_data, key):
+        images = device_data["images"][batch["idx"]]
+        return augment_jax.two_views(images, key, self.data_config, crop=True)
+
+
 def create_pipeline(data_config, *, global_batch_size: int, seed: int, mesh,
-                    start_step: int = 0):
-    """The pipeline for ``config.data`` (see the package docstring)."""
-    if data_config.placement != "device":
-        raise ValueError(f"config.data.placement={data_config.placement!r} is not "
-                         f"supported yet; use 'device'.")
-    images, labels = load_arrays(data_config, "train", seed)
-    return DevicePipeline(images, labels, data_config, global_batch_size=global_batch_size,
-                          seed=seed, mesh=mesh, start_step=start_step)
+                    start_step: int = 0, process_index: Optional[int] = None,
+                    process_count: Optional[int] = None):
+    """The pipeline for ``config.data`` (see the package docstring).
+
+    ``process_index`` / ``process_count`` simulate a multi-process run (tests);
+    they default to JAX's and are honoured by the host placements only.
+    """
+    placement = resolve_placement(data_config.placement)
+    if seed < 0:
+        raise ValueError(f"config.seed={seed} must be >= 0.")
+    if placement == "device":
+        source = open_source(data_config, data_config.split, in_memory=True)
+        return DevicePipeline(source, data_config, global_batch_size=global_batch_size,
+                              seed=seed, mesh=mesh, start_step=start_step)
+    return HostPipeline(data_config, placement, global_batch_size=global_batch_size, seed=seed,
+                        mesh=mesh, start_step=start_step, process_index=process_index,
+                        process_count=process_count)
