@@ -22,6 +22,8 @@ from configs import base
 CIFAR10_ARCHIVE = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
     "cifar10-jpeg.tar.gz"))
+CIFAR10_MEAN = (0.4913, 0.4821, 0.4465)  # the JPEG train set's (../shared/data README)
+CIFAR10_STD = (0.2452, 0.2428, 0.2606)
 
 
 def get_config():
@@ -43,8 +45,8 @@ def get_config():
     c.data.image_size = 32
     c.data.num_classes = 10
     c.data.split, c.data.eval_split = "train", "test"
-    c.data.mean = (0.4913, 0.4821, 0.4465)
-    c.data.std = (0.2452, 0.2428, 0.2606)
+    c.data.mean = CIFAR10_MEAN
+    c.data.std = CIFAR10_STD
     c.data.augment.view1.blur_prob = 0.0
     c.data.augment.view2.blur_prob = 0.0
     return c

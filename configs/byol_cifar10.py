@@ -5,11 +5,11 @@ Projector and predictor 4096-256 as on ImageNet; target EMA from 0.99 to 1
 solo-learn's cifar/byol.yaml); asymmetric views (solarise 0.0 / 0.2, no
 blur at 32x32); one learning rate for all parameters, cosine to 0.
 
-python -m barlow_jax.main --config=configs/byol_cifar10.py --workdir=DIR \
-    --config.data.path=../shared/data/cifar10-jpeg.tar.gz
+python -m barlow_jax.main --config=configs/byol_cifar10.py --workdir=DIR
 """
 
 from configs import base
+from configs.bt_cifar10 import CIFAR10_ARCHIVE, CIFAR10_MEAN, CIFAR10_STD
 
 
 def get_config():
@@ -24,8 +24,9 @@ def get_config():
     c.data.image_size = 32
     c.data.num_classes = 10
     c.data.split, c.data.eval_split = "train", "test"
-    c.data.mean = (0.4914, 0.4822, 0.4465)
-    c.data.std = (0.2470, 0.2435, 0.2616)
+    c.data.path = CIFAR10_ARCHIVE
+    c.data.mean = CIFAR10_MEAN   # of the JPEG train set (../shared/data README)
+    c.data.std = CIFAR10_STD
     c.data.augment.view1.blur_prob = 0.0
     c.data.augment.view2.blur_prob = 0.0
     c.eval_every_steps = 1000

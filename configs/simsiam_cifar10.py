@@ -8,11 +8,11 @@ CIFAR appendix does not fix it; ``optimizer.fix_predictor_lr`` can).
 Symmetric MoCo-v2 views (crop scale 0.2-1, jitter 0.4/0.4/0.4/0.1 p 0.8,
 grayscale 0.2) without blur at 32x32.
 
-python -m barlow_jax.main --config=configs/simsiam_cifar10.py --workdir=DIR \
-    --config.data.path=../shared/data/cifar10-jpeg.tar.gz
+python -m barlow_jax.main --config=configs/simsiam_cifar10.py --workdir=DIR
 """
 
 from configs import base
+from configs.bt_cifar10 import CIFAR10_ARCHIVE, CIFAR10_MEAN, CIFAR10_STD
 from configs.simsiam_in1k import symmetric_view
 
 
@@ -28,8 +28,9 @@ def get_config():
     c.data.image_size = 32
     c.data.num_classes = 10
     c.data.split, c.data.eval_split = "train", "test"
-    c.data.mean = (0.4914, 0.4822, 0.4465)
-    c.data.std = (0.2470, 0.2435, 0.2616)
+    c.data.path = CIFAR10_ARCHIVE
+    c.data.mean = CIFAR10_MEAN   # of the JPEG train set (../shared/data README)
+    c.data.std = CIFAR10_STD
     c.eval_every_steps = 1000
     # SimSiam.
     c.method = "simsiam"

@@ -4,11 +4,11 @@ Method settings from solo-learn's cifar/vicreg.yaml: expander 2048-2048-2048
 (hidden layers with bias), coefficients 25/25/1, one learning rate for all
 parameters. Data settings as the Barlow Twins CIFAR-10 recipe.
 
-python -m barlow_jax.main --config=configs/vicreg_cifar10.py --workdir=DIR \
-    --config.data.path=../shared/data/cifar10-jpeg.tar.gz
+python -m barlow_jax.main --config=configs/vicreg_cifar10.py --workdir=DIR
 """
 
 from configs import base
+from configs.bt_cifar10 import CIFAR10_ARCHIVE, CIFAR10_MEAN, CIFAR10_STD
 
 
 def get_config():
@@ -23,8 +23,9 @@ def get_config():
     c.data.image_size = 32
     c.data.num_classes = 10
     c.data.split, c.data.eval_split = "train", "test"
-    c.data.mean = (0.4914, 0.4822, 0.4465)
-    c.data.std = (0.2470, 0.2435, 0.2616)
+    c.data.path = CIFAR10_ARCHIVE
+    c.data.mean = CIFAR10_MEAN   # of the JPEG train set (../shared/data README)
+    c.data.std = CIFAR10_STD
     c.data.augment.view1.blur_prob = 0.0
     c.data.augment.view2.blur_prob = 0.0
     c.eval_every_steps = 1000

@@ -86,7 +86,8 @@ def _synthetic(data_config, split):
         raise ValueError("config.data.num_examples must be > 0 for the synthetic source.")
     return make_synthetic(n, data_config.image_size,
                           num_classes=data_config.get("num_classes", 10),
-                          seed=data_config.get("synthetic_seed", 0) + (split != "train"))
+                          seed=data_config.get("synthetic_seed", 0),
+                          split_seed=int(split != data_config.get("split", "train")))
 
 
 def open_source(data_config, split: str, in_memory: bool = False):

@@ -12,11 +12,18 @@ import numpy as np
 
 
 def make_synthetic(num_examples: int, image_size: int, num_classes: int = 10,
-                   seed: int = 0):
-    """Returns (images uint8 [N, S, S, 3], labels int32 [N]), deterministic."""
+                   seed: int = 0, split_seed: int = 0):
+    """Returns (images uint8 [N, S, S, 3], labels int32 [N]), deterministic.
+
+    ``seed`` fixes the class patterns; ``split_seed`` > 0 draws other samples
+    of the SAME classes (a test split), so features learnt on one split
+    classify the other.
+    """
     rng = np.random.default_rng(seed)
     coarse = max(2, image_size // 4)
     protos = rng.uniform(0, 255, size=(num_classes, coarse, coarse, 3))
+    if split_seed:
+        rng = np.random.default_rng([seed, split_seed])
     reps = -(-image_size // coarse)
     protos = np.repeat(np.repeat(protos, reps, axis=1), reps, axis=2)
     protos = np.concatenate([protos, protos], axis=1)
