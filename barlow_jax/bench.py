@@ -50,8 +50,9 @@ def device_peak_tflops(device, dtype: str):
     return None
 
 
-def benchmark(config, steps: int = 20, warmup: int = 3, peak_tflops: float = 0.0):
-    """Returns a dict of measurements for ``config``'s training step."""
+def benchmark(config, steps: int = 20, warmup: int = 3, peak_tflops: float = 0.0,
+              devices=None):
+    """Returns a dict of measurements for ``config``'s training step (``devices``: all)."""
     import jax
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
@@ -65,7 +66,7 @@ def benchmark(config, steps: int = 20, warmup: int = 3, peak_tflops: float = 0.0
 
     method = get_method(config.method)
     check_config(config, method)
-    mesh = parallel.make_mesh()
+    mesh = parallel.make_mesh(devices)
     parallel.check_batch_size(config.batch_size, mesh)
     tx, _ = build_optimizer(config.optimizer, batch_size=config.batch_size,
                             steps_per_epoch=100, total_steps=10_000)
@@ -105,7 +106,7 @@ def benchmark(config, steps: int = 20, warmup: int = 3, peak_tflops: float = 0.0
     step_time = statistics.median(times)
     loss = float(np.asarray(m["loss"]))
 
-    dev = jax.devices()[0]
+    dev = mesh.devices.flat[0]
     mem = None
     try:
         stats = dev.memory_stats()
