@@ -24,12 +24,15 @@ if _ROOT not in sys.path:
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-flags.DEFINE_integer("steps", 20, "Timed steps (after warm-up).")
-flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
-flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s of one device for MFU (0: look it up).")
-flags.DEFINE_string("json_out", "", "Also append the result as one JSON line to this file.")
-flags.mark_flags_as_required(["config"])
+
+def define_flags():
+    """The command-line flags; defined only when the module runs as a program."""
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+    flags.DEFINE_integer("steps", 20, "Timed steps (after warm-up).")
+    flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+    flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s of one device for MFU (0: look it up).")
+    flags.DEFINE_string("json_out", "", "Also append the result as one JSON line to this file.")
+    flags.mark_flags_as_required(["config"])
 
 # Dense peak TFLOP/s per device from vendor specs, by compute dtype.
 PEAK_TFLOPS = {
@@ -166,4 +169,5 @@ def main(argv):
 
 if __name__ == "__main__":
     from barlow_jax.cli import parse_flags
+    define_flags()
     app.run(main, flags_parser=parse_flags)

@@ -31,14 +31,17 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None,
-                                "Experiment config file (its data is the small-size case).")
-flags.DEFINE_list("sizes", ["224", "32"], "Output view sizes to measure.")
-flags.DEFINE_list("placements", ["host", "split", "device"], "Placements to measure.")
-flags.DEFINE_integer("batch", 128, "Image pairs per batch.")
-flags.DEFINE_integer("steps", 8, "Timed batches (after --warmup).")
-flags.DEFINE_integer("warmup", 3, "Untimed batches first (compilation, prefetch).")
-flags.DEFINE_integer("jpegs", 512, "Synthetic JPEGs for the 224 case.")
+
+def define_flags():
+    """The command-line flags; defined only when the module runs as a program."""
+    config_flags.DEFINE_config_file("config", None,
+                                    "Experiment config file (its data is the small-size case).")
+    flags.DEFINE_list("sizes", ["224", "32"], "Output view sizes to measure.")
+    flags.DEFINE_list("placements", ["host", "split", "device"], "Placements to measure.")
+    flags.DEFINE_integer("batch", 128, "Image pairs per batch.")
+    flags.DEFINE_integer("steps", 8, "Timed batches (after --warmup).")
+    flags.DEFINE_integer("warmup", 3, "Untimed batches first (compilation, prefetch).")
+    flags.DEFINE_integer("jpegs", 512, "Synthetic JPEGs for the 224 case.")
 
 JPEG_SIZES = ((375, 500), (500, 375), (333, 500), (400, 400))
 
@@ -130,4 +133,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

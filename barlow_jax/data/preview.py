@@ -22,11 +22,14 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-flags.DEFINE_string("out", "views.png", "Output PNG.")
-flags.DEFINE_integer("num", 8, "Number of images.")
-flags.DEFINE_integer("seed", 0, "Picks the images and the views.")
-flags.DEFINE_integer("cell", 128, "Displayed size of each image, pixels.")
+
+def define_flags():
+    """The command-line flags; defined only when the module runs as a program."""
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+    flags.DEFINE_string("out", "views.png", "Output PNG.")
+    flags.DEFINE_integer("num", 8, "Number of images.")
+    flags.DEFINE_integer("seed", 0, "Picks the images and the views.")
+    flags.DEFINE_integer("cell", 128, "Displayed size of each image, pixels.")
 
 
 def sample_images(data_config, num: int, seed: int):
@@ -118,4 +121,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
