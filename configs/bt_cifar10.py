@@ -26,19 +26,18 @@ CIFAR10_MEAN = (0.4913, 0.4821, 0.4465)  # the JPEG train set's (../shared/data 
 CIFAR10_STD = (0.2452, 0.2428, 0.2606)
 
 
-def get_config():
+def cifar10_base(num_epochs: int = 800):
+    """base.get_config() with the CIFAR-10 data and model every *_cifar10 config shares.
+
+    ResNet-18 with the CIFAR stem, batch 512 pairs, 32x32 views without blur,
+    the shared JPEG archive with its train-set statistics, kNN every 1000 steps.
+    """
     c = base.get_config()
     c.batch_size = 512
-    c.num_epochs = 800
+    c.num_epochs = num_epochs
     c.eval_every_steps = 1000    # kNN monitor on the test split
     c.model.name = "resnet18"
     c.model.cifar_stem = True
-    c.projector.spec = "2048-2048"
-    c.optimizer.lr_weights = 0.3
-    c.optimizer.lr_biases = 0.3
-    c.optimizer.eta = 0.02
-    c.optimizer.weight_decay = 1e-4
-    c.optimizer.final_lr_fraction = 0.0
     c.data.source = "folder"
     c.data.path = CIFAR10_ARCHIVE
     c.data.placement = "auto"
@@ -49,4 +48,15 @@ def get_config():
     c.data.std = CIFAR10_STD
     c.data.augment.view1.blur_prob = 0.0
     c.data.augment.view2.blur_prob = 0.0
+    return c
+
+
+def get_config():
+    c = cifar10_base(num_epochs=800)
+    c.projector.spec = "2048-2048"
+    c.optimizer.lr_weights = 0.3
+    c.optimizer.lr_biases = 0.3
+    c.optimizer.eta = 0.02
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.final_lr_fraction = 0.0
     return c

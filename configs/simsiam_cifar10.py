@@ -11,27 +11,12 @@ grayscale 0.2) without blur at 32x32.
 python -m barlow_jax.main --config=configs/simsiam_cifar10.py --workdir=DIR
 """
 
-from configs import base
-from configs.bt_cifar10 import CIFAR10_ARCHIVE, CIFAR10_MEAN, CIFAR10_STD
+from configs.bt_cifar10 import cifar10_base
 from configs.simsiam_in1k import symmetric_view
 
 
 def get_config():
-    c = base.get_config()
-    # CIFAR-10 data and model (the Barlow Twins CIFAR-10 settings).
-    c.batch_size = 512
-    c.num_epochs = 800
-    c.model.name = "resnet18"
-    c.model.cifar_stem = True
-    c.data.source = "folder"
-    c.data.placement = "auto"
-    c.data.image_size = 32
-    c.data.num_classes = 10
-    c.data.split, c.data.eval_split = "train", "test"
-    c.data.path = CIFAR10_ARCHIVE
-    c.data.mean = CIFAR10_MEAN   # of the JPEG train set (../shared/data README)
-    c.data.std = CIFAR10_STD
-    c.eval_every_steps = 1000
+    c = cifar10_base(num_epochs=800)
     # SimSiam.
     c.method = "simsiam"
     c.projector.spec = "2048-2048"
