@@ -8,6 +8,16 @@ import sys
 from absl import flags
 
 
+def unknown_key_message(error: Exception, flag_prefixes: str, keys_doc: str) -> str:
+    """One sentence for ml_collections' 'no such key' error, with its suggestion."""
+    text = str(error)
+    key = re.search(r"\w+", text)
+    hint = re.search(r'Did you mean \\*"([\w.]+)', text)
+    return (f"error: unknown config key {key.group(0) if key else text!r} in the "
+            f"{flag_prefixes} flags" + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
+            + f"; {keys_doc}.")
+
+
 def parse_flags(argv):
     """absl's parser, but an unknown or mistyped --config.KEY becomes one clear sentence."""
     try:
@@ -22,12 +32,8 @@ def parse_flags(argv):
               f"--config=configs/<name>.py with a file from configs/.", file=sys.stderr, flush=True)
         sys.exit(2)
     except (AttributeError, KeyError) as e:  # ml_collections: the key does not exist
-        text = str(e)
-        key = re.search(r"\w+", text)
-        hint = re.search(r'Did you mean \\*"([\w.]+)', text)
-        print(f"error: unknown config key {key.group(0) if key else text!r} in the --config.* "
-              f"flags" + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
-              + "; the keys are declared in configs/base.py.", file=sys.stderr, flush=True)
+        print(unknown_key_message(e, "--config.*", "the keys are declared in configs/base.py"),
+              file=sys.stderr, flush=True)
         sys.exit(2)
     except flags.Error as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

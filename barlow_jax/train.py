@@ -264,6 +264,7 @@ def train_and_evaluate(config, workdir: str) -> Dict:
             metrics_lib.print_progress(metrics_lib.progress_line(
                 step_now, total_steps, steps_per_epoch, record, eta))
 
+    t_start = time.time()
     try:
         with _StopSignal() as stop:
             while step < total_steps:
@@ -274,6 +275,10 @@ def train_and_evaluate(config, workdir: str) -> Dict:
                 if t_mark is None:
                     jax.block_until_ready(m)
                     t_mark, steps_mark = time.time(), step
+                    if is_lead:
+                        print(f"step {step} done in {t_mark - t_start:.1f}s (compilation included); "
+                              f"next progress line at a multiple of {config.log_every_steps}",
+                              flush=True)
                 log_now = step % config.log_every_steps == 0 or step == total_steps
                 save_now = step % config.checkpoint_every_steps == 0 or step == total_steps
                 if log_now or save_now or stop.received:

@@ -151,4 +151,4 @@ def test_cli_features_mode_and_resume(workdir, tmp_path):
     assert bad.returncode == 1 and "config.json does not exist" in bad.stderr
     typo = subprocess.run(cmd[:4] + ["--linear.epoch=3"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=120)
-    assert typo.returncode == 2 and "unknown setting 'epoch'" in typo.stderr
+    assert typo.returncode == 2 and "unknown config key 'epoch'" in typo.stderr

@@ -56,6 +56,7 @@ def test_outputs_of_a_run(short_run):
     for key in ("step", "loss", "lr", "on_diag", "off_diag", "pairs_per_sec", "skipped_images"):
         assert key in recs[-1], key
     assert "ETA" in r.stdout and "step 4/4" in r.stdout
+    assert "step 1 done in" in r.stdout
     saved = json.load(open(os.path.join(work, "config.json")))
     assert saved["model"]["name"] == "resnet_tiny"
     assert sorted(os.listdir(os.path.join(work, "checkpoints"))) == ["2", "4"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -190,12 +189,9 @@ def cli(section: str, default_section, run: Callable[..., Dict],
         config_flags.DEFINE_config_dict(section, default_section, f"{section} settings.")
         extra_flags()
     except (AttributeError, KeyError) as e:  # an override names a key that does not exist
-        text = str(e)
-        key = re.search(r"\w+", text)
-        hint = re.search(r'Did you mean \\*"(\w+)', text)
-        print(f"error: unknown setting {key.group(0) if key else text!r} in the --config.* / "
-              f"--{section}.* flags" + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
-              + "; see docs/evaluation.md for the keys.", file=sys.stderr, flush=True)
+        from barlow_jax.cli import unknown_key_message
+        print(unknown_key_message(e, f"--config.* / --{section}.*",
+                                  "see docs/evaluation.md for the keys"), file=sys.stderr, flush=True)
         sys.exit(2)
 
     def main(argv):
