@@ -7,6 +7,7 @@ step(state, batch, key) -> new state + metrics -> writers and checkpoints.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -26,6 +27,9 @@ from barlow_jax.optim import build_optimizer
 from barlow_jax.report import c_matrix_image
 from barlow_jax.state import TrainState
 from barlow_jax.steps import make_train_step
+
+
+MAX_IN_FLIGHT = 2  # steps dispatched ahead of the one the host waits for
 
 
 class TrainingDiverged(RuntimeError):
@@ -265,6 +269,7 @@ def train_and_evaluate(config, workdir: str) -> Dict:
                 step_now, total_steps, steps_per_epoch, record, eta))
 
     t_start = time.time()
+    in_flight = collections.deque()  # losses of dispatched, maybe unfinished steps
     try:
         with _StopSignal() as stop:
             while step < total_steps:
@@ -272,6 +277,12 @@ def train_and_evaluate(config, workdir: str) -> Dict:
                 state, m = step_fn(state, batch, pipeline.device_data, seed_key)
                 step += 1
                 pending.append((step, m))
+                # Dispatch is asynchronous: without a bound the loop runs hundreds of
+                # steps ahead of a slow device, holding their batches in memory, and a
+                # SIGTERM then waits for all of them. Keep at most MAX_IN_FLIGHT queued.
+                in_flight.append(m["loss"])
+                if len(in_flight) > MAX_IN_FLIGHT:
+                    jax.block_until_ready(in_flight.popleft())
                 if t_mark is None:
                     jax.block_until_ready(m)
                     t_mark, steps_mark = time.time(), step
