@@ -22,7 +22,6 @@ import functools
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import optax
 from jax import lax
 from jax.sharding import PartitionSpec as P

@@ -56,3 +56,56 @@ def run_until_step_then_sigterm(args, workdir, step, n_devices=1, timeout=600):
         if proc.poll() is None:
             proc.kill()
     return proc.returncode, out
+
+
+def straight_and_interrupted_runs(common_args, tmp_path, steps, n_devices=1, signal_at=3):
+    """Runs the CLI straight, and again with a SIGTERM at ``signal_at`` then a resume.
+
+    Checks what every such test needs (exit 0, the signal was seen before the
+    end, the stop step was checkpointed, the resume said so, logged steps are
+    1..steps without gap or duplicate) and returns (straight_records,
+    resumed_records, straight_workdir, resumed_workdir, straight_stdout).
+    """
+    straight = str(tmp_path / "straight")
+    r = run_cli(common_args + [f"--workdir={straight}"], n_devices)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref = read_metrics(straight)
+    assert [m["step"] for m in ref] == list(range(1, steps + 1))
+
+    work = str(tmp_path / "interrupted")
+    rc, out = run_until_step_then_sigterm(common_args + [f"--workdir={work}"], work,
+                                          step=signal_at, n_devices=n_devices)
+    assert rc == 0, out[-3000:]
+    assert "Received SIGTERM" in out, out[-3000:]
+    stopped = max(m["step"] for m in read_metrics(work))
+    assert stopped < steps, "the run finished before the signal; the test saw no interruption"
+    assert os.path.isdir(os.path.join(work, "checkpoints", str(stopped)))
+
+    r2 = run_cli(common_args + [f"--workdir={work}"], n_devices)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "Resumed from" in r2.stdout
+    got = read_metrics(work)
+    assert [m["step"] for m in got] == list(range(1, steps + 1))  # no gap, no duplicate
+    return ref, got, straight, work, r.stdout
+
+
+def write_untrained_run(workdir, step, config=None):
+    """A workdir as training leaves it (config.json + a checkpoint at ``step``), untrained."""
+    import jax
+    import jax.numpy as jnp
+    from barlow_jax import checkpointing
+    from barlow_jax.models import build_ssl_net
+    from barlow_jax.state import TrainState
+    if config is None:
+        from configs import smoke
+        config = smoke.get_config()
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(checkpointing.config_to_dict(config), f)
+    net = build_ssl_net(config)
+    size = config.data.image_size
+    v = jax.jit(lambda k: net.init(k, jnp.zeros((2, size, size, 3))))(jax.random.key(0))
+    ckpt = checkpointing.Checkpointer(workdir)
+    ckpt.save(step, TrainState(step=jnp.int32(step), params=v["params"],
+                               batch_stats=v["batch_stats"], opt_state={}, target=None))
+    ckpt.close()
+    return workdir

@@ -1,7 +1,6 @@
 """Barlow Twins loss against a NumPy port of the paper's formula, at 1 and 8 devices."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P

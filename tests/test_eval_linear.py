@@ -3,6 +3,8 @@
 import jax
 import numpy as np
 import pytest
+
+from tests.cli_helpers import write_untrained_run
 from jax.sharding import Mesh
 
 from barlow_jax.eval import linear, supervised as sup
@@ -88,24 +90,7 @@ def test_sgd_matches_torch_semantics():
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """config.json (smoke config) + a randomly initialised checkpoint at step 5."""
-    import json
-    import os
-    import jax.numpy as jnp
-    from configs import smoke
-    from barlow_jax import checkpointing
-    from barlow_jax.models import build_ssl_net
-    from barlow_jax.state import TrainState
-    wd = str(tmp_path_factory.mktemp("run"))
-    config = smoke.get_config()
-    with open(os.path.join(wd, "config.json"), "w") as f:
-        json.dump(checkpointing.config_to_dict(config), f)
-    net = build_ssl_net(config)
-    v = jax.jit(lambda k: net.init(k, jnp.zeros((2, 16, 16, 3))))(jax.random.key(0))
-    ckpt = checkpointing.Checkpointer(wd)
-    ckpt.save(5, TrainState(step=jnp.int32(5), params=v["params"],
-                            batch_stats=v["batch_stats"], opt_state={}, target=None))
-    ckpt.close()
-    return wd
+    return write_untrained_run(str(tmp_path_factory.mktemp("run")), 5)
 
 
 def test_run_linear_eval_on_a_workdir(workdir):

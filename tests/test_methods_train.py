@@ -13,7 +13,6 @@
 """
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +30,7 @@ from barlow_jax.state import TrainState
 from barlow_jax.steps import make_train_step
 from barlow_jax.train import _ema_schedule
 from configs import smoke
-from tests.cli_helpers import read_metrics, run_cli, run_until_step_then_sigterm
+from tests.cli_helpers import straight_and_interrupted_runs
 
 METHODS = ("vicreg", "simclr", "byol", "simsiam")
 # The method's own metrics, logged every step, that a resumed run must reproduce.
@@ -345,27 +344,10 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path, compile_cache, metho
 
     common = [f"--config=configs/smoke.py:{method}", f"--config.num_train_steps={STEPS}",
               "--config.log_every_steps=1", "--config.checkpoint_every_steps=10"]
-    straight = str(tmp_path / "straight")
-    r = run_cli(common + [f"--workdir={straight}"], n_devices)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert f"Training {method} on {n_devices} device(s)" in r.stdout
-    ref = {m["step"]: m for m in read_metrics(straight)}
-    assert sorted(ref) == list(range(1, STEPS + 1))
-
-    work = str(tmp_path / "interrupted")
-    rc, out = run_until_step_then_sigterm(common + [f"--workdir={work}"], work, step=3,
-                                          n_devices=n_devices)
-    assert rc == 0, out[-3000:]
-    assert "Received SIGTERM" in out, out[-3000:]
-    stopped = max(m["step"] for m in read_metrics(work))
-    assert stopped < STEPS, "the run finished before the signal; the test saw no interruption"
-    assert os.path.isdir(os.path.join(work, "checkpoints", str(stopped)))
-
-    r = run_cli(common + [f"--workdir={work}"], n_devices)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "Resumed from" in r.stdout
-    got = read_metrics(work)
-    assert [m["step"] for m in got] == list(range(1, STEPS + 1))   # no gap, no duplicate
+    ref_list, got, straight, work, stdout = straight_and_interrupted_runs(
+        common, tmp_path, STEPS, n_devices)
+    assert f"Training {method} on {n_devices} device(s)" in stdout
+    ref = {m["step"]: m for m in ref_list}
     for m in got:
         for k in EXACT_KEYS + METHOD_METRICS[method]:
             np.testing.assert_allclose(m[k], ref[m["step"]][k], rtol=1e-6, atol=1e-9,

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from tests.cli_helpers import write_untrained_run
 from PIL import Image
 
 from barlow_jax import report
@@ -41,20 +43,7 @@ def fake_metrics(n=12, knn=True):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A run directory as training leaves it: config.json, a checkpoint, metrics.jsonl."""
-    from configs import smoke
-    from barlow_jax import checkpointing
-    from barlow_jax.models import build_ssl_net
-    from barlow_jax.state import TrainState
-    wd = str(tmp_path_factory.mktemp("run"))
-    config = smoke.get_config()
-    with open(os.path.join(wd, "config.json"), "w") as f:
-        json.dump(checkpointing.config_to_dict(config), f)
-    net = build_ssl_net(config)
-    v = jax.jit(lambda k: net.init(k, jnp.zeros((2, 16, 16, 3))))(jax.random.key(0))
-    ckpt = checkpointing.Checkpointer(wd)
-    ckpt.save(7, TrainState(step=jnp.int32(7), params=v["params"],
-                            batch_stats=v["batch_stats"], opt_state={}, target=None))
-    ckpt.close()
+    wd = write_untrained_run(str(tmp_path_factory.mktemp("run")), 7)
     with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
         for r in fake_metrics():
             f.write(json.dumps(r) + "\n")

@@ -5,7 +5,6 @@ global batch. Gradients are read off an SGD(lr=1) update: new = old - grad.
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

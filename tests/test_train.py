@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.cli_helpers import read_metrics, run_cli, run_until_step_then_sigterm
+from tests.cli_helpers import read_metrics, run_cli, straight_and_interrupted_runs
 
 STEPS = 40
 COMMON = ["--config=configs/smoke.py", f"--config.num_train_steps={STEPS}",
@@ -15,30 +15,9 @@ COMMON = ["--config=configs/smoke.py", f"--config.num_train_steps={STEPS}",
 
 @pytest.mark.parametrize("n_devices", [1, 8])
 def test_sigterm_then_resume_equals_uninterrupted(tmp_path, n_devices):
-    straight = str(tmp_path / "straight")
-    r = run_cli(COMMON + [f"--workdir={straight}"], n_devices)
-    assert r.returncode == 0, r.stderr[-3000:]
-    ref = {m["step"]: m["loss"] for m in read_metrics(straight)}
-    assert sorted(ref) == list(range(1, STEPS + 1))
-
-    work = str(tmp_path / "interrupted")
-    rc, out = run_until_step_then_sigterm(COMMON + [f"--workdir={work}"], work, step=3,
-                                          n_devices=n_devices)
-    assert rc == 0, out[-3000:]
-    assert "Received SIGTERM" in out, out[-3000:]
-    stopped = max(m["step"] for m in read_metrics(work))
-    assert stopped < STEPS, "the run finished before the signal; the test saw no interruption"
-    assert os.path.isdir(os.path.join(work, "checkpoints", str(stopped)))
-
-    r = run_cli(COMMON + [f"--workdir={work}"], n_devices)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert f"Resumed from" in r.stdout
-    got = read_metrics(work)
-    steps = [m["step"] for m in got]
-    assert steps == list(range(1, STEPS + 1)), steps  # no gap, no duplicate
-    for m in got:
-        np.testing.assert_allclose(m["loss"], ref[m["step"]], rtol=1e-6,
-                                   err_msg=f"step {m['step']}")
+    ref, got, _, _, _ = straight_and_interrupted_runs(COMMON, tmp_path, STEPS, n_devices)
+    for m, r in zip(got, ref):
+        np.testing.assert_allclose(m["loss"], r["loss"], rtol=1e-6, err_msg=f"step {m['step']}")
 
 
 @pytest.fixture(scope="module")

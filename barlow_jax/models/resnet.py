@@ -22,7 +22,7 @@ statistics are averaged over that mapped axis (SyncBatchNorm).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Optional, Sequence, Type
 
 import flax.linen as nn
 import jax.numpy as jnp
