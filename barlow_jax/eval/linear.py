@@ -249,17 +249,10 @@ def run_linear_eval(workdir: str, linear=None, *, config=None, variables=None,
     ``config``/``variables`` default to ``checkpointing.load_variables(workdir,
     step)``; a given ``config`` (e.g. with CLI overrides) replaces the saved one.
     """
-    from barlow_jax import parallel
     linear = linear if linear is not None else get_default_linear_config()
-    if variables is None:
-        from barlow_jax import checkpointing
-        saved, variables, pretrain_step = checkpointing.load_variables(
-            workdir, None if int(linear.step) < 0 else int(linear.step))
-        config = config if config is not None else saved
-    mesh = mesh if mesh is not None else parallel.make_mesh()
+    config, variables, pretrain_step, mesh, train_split, test_split = sup.resolve_run(
+        workdir, linear, config, variables, pretrain_step, mesh)
     dc = config.data
-    train_split = linear.train_split or dc.split
-    test_split = linear.test_split or dc.eval_split
     embedder = feats_lib.Embedder(config, mesh, batch_size=int(linear.feature_batch_size))
     t0 = time.perf_counter()
     test = embedder.split_features(variables, dc, test_split, seed=int(linear.seed) + 1,

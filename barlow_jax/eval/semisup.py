@@ -269,17 +269,10 @@ def run_semisup(workdir: str, semisup=None, fraction: float = 0.01, *, config=No
                 variables=None, pretrain_step: Optional[int] = None, mesh=None,
                 log: Callable[[str], None] = print) -> Dict:
     """Fine-tunes (or resumes) on ``fraction`` of the labels; returns the results."""
-    from barlow_jax import parallel
     semisup = semisup if semisup is not None else get_default_semisup_config()
-    if variables is None:
-        from barlow_jax import checkpointing
-        saved, variables, pretrain_step = checkpointing.load_variables(
-            workdir, None if int(semisup.step) < 0 else int(semisup.step))
-        config = config if config is not None else saved
-    mesh = mesh if mesh is not None else parallel.make_mesh()
+    config, variables, pretrain_step, mesh, train_split, test_split = sup.resolve_run(
+        workdir, semisup, config, variables, pretrain_step, mesh)
     dc = config.data
-    train_split = semisup.train_split or dc.split
-    test_split = semisup.test_split or dc.eval_split
     seed, bsz, epochs = int(semisup.seed), int(semisup.batch_size), int(semisup.epochs)
     pct = f"{100 * fraction:g}%"
 

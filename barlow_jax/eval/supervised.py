@@ -125,6 +125,28 @@ class EpochCheckpoints:
         self.manager.close()
 
 
+def resolve_run(workdir: str, section, config=None, variables=None, pretrain_step=None,
+                mesh=None):
+    """What the linear probe and fine-tuning start from.
+
+    Loads ``variables`` (at ``section.step``, latest when < 0) and the saved
+    config from ``workdir`` unless given; a given ``config`` (e.g. with CLI
+    overrides) replaces the saved one. Returns (config, variables,
+    pretrain_step, mesh, train_split, test_split); the splits default to the
+    pretraining config's ``data.split`` / ``data.eval_split``.
+    """
+    from barlow_jax import parallel
+    if variables is None:
+        from barlow_jax import checkpointing
+        saved, variables, pretrain_step = checkpointing.load_variables(
+            workdir, None if int(section.step) < 0 else int(section.step))
+        config = config if config is not None else saved
+    mesh = mesh if mesh is not None else parallel.make_mesh()
+    train_split = section.train_split or config.data.split
+    test_split = section.test_split or config.data.eval_split
+    return config, variables, pretrain_step, mesh, train_split, test_split
+
+
 def check_resumable(meta: Dict, expected: Dict, directory: str):
     """Refuses to continue epochs that were trained under different settings."""
     diffs = [k for k in expected if meta.get("setup", {}).get(k) != expected[k]]
