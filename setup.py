@@ -23,14 +23,26 @@ setup(
         "pillow>=10",
     ],
     extras_require={
+        # Accelerator builds of JAX (jax's own extras pin jaxlib and the plugin to the
+        # jax version, so an upgrade never leaves a stale CUDA plugin behind): NVIDIA GPUs
+        # with CUDA 12 or 13 (the wheels bring CUDA/cuDNN; any recent driver), Cloud TPU VMs.
+        "cuda12": ["jax[cuda12]>=0.10,<0.12"],
+        "cuda13": ["jax[cuda13]>=0.10,<0.12"],
+        "tpu": ["jax[tpu]>=0.10,<0.12"],
         # tf.data input pipeline (folder / tfds sources, host placement).
         "data": ["tensorflow-cpu>=2.18; platform_machine=='x86_64'",
                  "tensorflow>=2.18; platform_machine!='x86_64'",
                  "tensorflow-datasets>=4.9"],
         "report": ["matplotlib>=3.8"],
-        # Everything the test suite needs (torch is installed separately: see README).
+        # export --format=safetensors / timm_hub; wandb for config.wandb is left to the user.
+        "export": ["safetensors>=0.4"],
+        # Everything the test suite needs (torch is installed separately: see README;
+        # torchvision resolves to the release of that torch, tests/torch_libs.py imports it).
         "test": ["tensorflow-cpu>=2.18; platform_machine=='x86_64'",
                  "tensorflow>=2.18; platform_machine!='x86_64'",
-                 "tensorflow-datasets>=4.9", "matplotlib>=3.8", "pytest>=8"],
+                 "tensorflow-datasets>=4.9", "matplotlib>=3.8", "pytest>=8",
+                 "safetensors>=0.4", "torchvision", "timm>=1.0",
+                 # tests/test_notebook.py executes notebooks/colab_demo.ipynb.
+                 "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6"],
     },
 )

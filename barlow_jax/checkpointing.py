@@ -7,14 +7,22 @@ Layout of a workdir::
     DIR/metrics.jsonl             one JSON object per logged step
     DIR/tensorboard/              event files
 
-A checkpoint is only complete once orbax has renamed its temporary folder,
+A checkpoint is only complete once orbax has finalized it (renamed its
+temporary folder on disks; written ``commit_success.txt`` on object stores),
 so a run killed while saving leaves the previous checkpoints intact.
+
+The workdir may be any path orbax supports (local, ``gs://``, ...): every
+access goes through ``barlow_jax.paths`` (etils.epath). Checkpoints are
+topology-free: ``restore`` places the arrays on the caller's mesh and
+``restore_raw`` reads them onto one device per process, whatever number of
+processes and devices wrote them.
 """
 
 from __future__ import annotations
 
+import errno
 import json
-import os
+import logging as py_logging
 from typing import Any, Dict, Optional, Tuple
 
 import jax
@@ -23,13 +31,59 @@ from absl import logging
 import numpy as np
 import orbax.checkpoint as ocp
 
+from barlow_jax import paths
+
 CONFIG_FILE = "config.json"
 
-# Keys that may change between a run and its resume without changing what is
-# computed (logging, checkpoint cadence, evaluation, where the data lives).
-RESUMABLE_KEYS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (e.g. a full disk); the message says what to do."""
+
+
+def is_no_space(error: BaseException) -> bool:
+    """True for ENOSPC, raised directly or wrapped by orbax/tensorstore ('No space left')."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(error)
+        if "No space left" in text or "os_error_code='28'" in text or "Disk quota" in text:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+class _QuietSaveErrors(py_logging.Filter):
+    """Drops orbax's own multi-page error logs of a failed write; the caller says it once."""
+
+    def filter(self, record):
+        if record.levelno < py_logging.ERROR or "orbax" not in (record.pathname or ""):
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        if not (is_no_space(error) or "No space left" in str(record.msg)):
+            return True
+        from barlow_jax.cli import verbose
+        return verbose()
+
+
+_QUIET = _QuietSaveErrors()
+
+# Keys that may change between a run and its resume (docs/faults.md lists them):
+# learning rates and the compute dtype (the NaN advice), the run's length
+# (extending a finished run; the schedules are recomputed for the new total),
+# logging / checkpoint / evaluation cadence and settings, and where the data and
+# caches live. Every other key (method, model, projector, predictor, loss,
+# batch size, seed, optimizer kind and its other settings, data source, split,
+# placement, image size and augmentation) changes what the checkpoint means and
+# is refused. An entry ending in '.' covers a whole section.
+RESUMABLE_KEYS = ("optimizer.lr_weights", "optimizer.lr_biases", "compute_dtype",
+                  "num_train_steps", "num_epochs",
+                  "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
                   "eval_every_steps", "eval.", "data.path", "data.cache_dir",
                   "data.tfds_data_dir", "data.threads", "data.arrays")
+
+
+def is_resumable_key(key: str) -> bool:
+    return any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS)
 
 
 def config_to_dict(config) -> Dict[str, Any]:
@@ -47,17 +101,19 @@ def _flatten(d, prefix=""):
     return out
 
 
-def config_differences(saved: Dict, current: Dict, defaults: Optional[Dict] = None):
+def config_differences(saved: Dict, current: Dict, defaults: Optional[Dict] = None,
+                       resumable: bool = False):
     """[(key, saved_value, current_value)] for keys that change the computation.
 
     A key absent from the saved config (written before the key existed) is
     compatible when the current value is the key's default in ``defaults``.
+    With ``resumable=True``: the differences in RESUMABLE_KEYS instead.
     """
     a, b = _flatten(saved), _flatten(current)
     d = _flatten(defaults) if defaults is not None else {}
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
+        if is_resumable_key(key) != resumable:
             continue
         if key not in a and key in d and b.get(key) == d[key]:
             continue
@@ -67,23 +123,48 @@ def config_differences(saved: Dict, current: Dict, defaults: Optional[Dict] = No
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = paths.join(workdir, CONFIG_FILE)
+    if not paths.exists(path):
         raise FileNotFoundError(f"{path} does not exist; point --workdir at the directory a "
                                 f"training run wrote (it holds config.json and checkpoints/).")
-    with open(path, encoding="utf-8") as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
+
+
+def write_config(workdir: str, config):
+    """Writes ``workdir/config.json`` (atomically). Call it on process 0 only."""
+    paths.write_text(paths.join(workdir, CONFIG_FILE),
+                     json.dumps(config_to_dict(config), indent=2, sort_keys=True))
+
+
+def _one_device_per_process_mesh():
+    """A mesh of the first local device of every process: each process gets one copy."""
+    from jax.sharding import Mesh
+    first = {}
+    for d in jax.devices():
+        first.setdefault(d.process_index, d)
+    return Mesh(np.asarray([first[p] for p in sorted(first)]), ("process",))
+
+
+def _abstract_from_metadata(tree, sharding):
+    """ShapeDtypeStructs with ``sharding`` for every array of a saved tree's metadata."""
+    def leaf(m):
+        if hasattr(m, "shape") and hasattr(m, "dtype"):
+            return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding)
+        return m
+    return jax.tree.map(leaf, tree, is_leaf=lambda m: hasattr(m, "shape"))
 
 
 class Checkpointer:
     """A CheckpointManager over ``workdir/checkpoints`` keeping the last ``keep``."""
 
     def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.directory = paths.join(paths.absolute(workdir), "checkpoints")
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                                read_only=read_only)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state",))
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler()})
+        self._pending = None  # step of the save that may still be writing
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
@@ -92,9 +173,68 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def save(self, step: int, state) -> bool:
-        saved = self.manager.save(int(step), args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state)), force=True)
-        return saved
+        """Saves ``step``; a full disk raises CheckpointSaveError after removing the
+        half-written folder, leaving the previous checkpoints as they were."""
+        with self._guard():  # the previous (asynchronous) save must have succeeded
+            self.manager.wait_until_finished()
+        self._pending = int(step)
+        with self._guard(step):
+            return self.manager.save(int(step), args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state)), force=True)
+
+    def _guard(self, step=None):
+        checkpointer = self
+
+        class Guard:
+            def __enter__(self):
+                py_logging.getLogger("absl").addFilter(_QUIET)  # background threads log too
+
+            def __exit__(self, kind, error, tb):
+                if step is None and checkpointer._pending is not None:
+                    step_ = checkpointer._pending
+                else:
+                    step_ = step
+                if error is None or not isinstance(error, Exception):
+                    return False
+                if is_no_space(error) or isinstance(error, OSError):
+                    removed = checkpointer.remove_partial()
+                    kept = [s for s in checkpointer._complete_steps() if s != step_]
+                    reason = ("no space left on the device" if is_no_space(error)
+                              else f"{type(error).__name__}: {error}")
+                    raise CheckpointSaveError(
+                        f"Could not write the checkpoint{'' if step_ is None else f' of step {step_}'}"
+                        f" to {checkpointer.directory} ({reason}); "
+                        + (f"removed the half-written {', '.join(removed)}; " if removed else "")
+                        + (f"the latest complete checkpoint is step {max(kept)}, "
+                           if kept else "no complete checkpoint was written, ")
+                        + "free disk space (or lower config.keep_checkpoints) and rerun the "
+                          "same command to resume.") from error
+                return False
+
+        return Guard()
+
+    def _complete_steps(self):
+        steps = []
+        for entry in paths.listdir(self.directory):
+            folder = paths.join(self.directory, entry)
+            if entry.isdigit() and paths.isdir(folder) and (
+                    not paths.is_remote(folder)
+                    or paths.exists(paths.join(folder, "commit_success.txt"))):
+                steps.append(int(entry))
+        return sorted(steps)
+
+    def remove_partial(self):
+        """Deletes ``<step>.orbax-checkpoint-tmp*`` folders (only process 0 writes them)."""
+        if jax.process_index() != 0:
+            return []
+        removed = []
+        for path in paths.glob(self.directory, "*.orbax-checkpoint-tmp*"):
+            try:
+                paths.rmtree(path)
+            except OSError:
+                pass
+            removed.append(paths.basename(path))
+        return removed
 
     def restore(self, template, step: Optional[int] = None):
         """Restores into the structure, shapes, dtypes and shardings of ``template``."""
@@ -105,7 +245,12 @@ class Checkpointer:
         return restored["state"]
 
     def restore_raw(self, step: Optional[int] = None):
-        """Restores the saved tree as nested dicts of host numpy arrays."""
+        """Restores the saved tree as nested dicts of host numpy arrays.
+
+        Topology-free: the arrays are read onto one device of each process
+        (replicated), whatever mesh wrote them, so a checkpoint of 2 processes
+        x 4 devices loads in 1 process on 1 device.
+        """
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"No checkpoint in {self.directory}; train first or point "
@@ -113,16 +258,24 @@ class Checkpointer:
         if step not in self.all_steps():
             raise ValueError(f"No checkpoint for step {step} in {self.directory}; available "
                              f"steps: {self.all_steps()}.")
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        metadata = self.manager.item_metadata(step)["state"]
+        tree = getattr(metadata, "tree", metadata)
+        abstract = _abstract_from_metadata(tree, NamedSharding(_one_device_per_process_mesh(), P()))
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore()))
+            state=ocp.args.StandardRestore(abstract)))
         return jax.tree.map(np.asarray, restored["state"]), step
 
     def wait(self):
-        self.manager.wait_until_finished()
+        with self._guard():
+            self.manager.wait_until_finished()
 
     def close(self):
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            with self._guard():
+                self.manager.wait_until_finished()
+        finally:
+            self.manager.close()
 
 
 def load_variables(workdir: str, step: Optional[int] = None) -> Tuple[Any, Dict, int]:

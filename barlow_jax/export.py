@@ -42,6 +42,10 @@ CLI (torch needed only here, imported lazily)::
 
     python -m barlow_jax.export --workdir=DIR [--step=N] --out=resnet50.pth [--full]
     python -m barlow_jax.export --import=resnet50.pth --out=variables.msgpack
+    python -m barlow_jax.export --workdir=DIR --format=safetensors --out=resnet50.safetensors
+    python -m barlow_jax.export --workdir=DIR --format=timm_hub --out=HUB_DIR
+
+(the last two in barlow_jax/export_formats.py; they need ``safetensors``, not torch).
 
 See docs/export.md for the snippets and the measured parity numbers.
 """
@@ -53,6 +57,7 @@ import json
 import os
 import re
 import sys
+import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -440,12 +445,18 @@ def _check_out_path(out: str) -> None:
 def _check_workdir(workdir: str) -> None:
     # Which steps exist (and the messages for a missing or unknown step) is
     # left to checkpointing.load_variables, which asks orbax.
-    if not os.path.isdir(workdir):
+    from barlow_jax import paths  # local or gs://... (etils.epath)
+    if not paths.isdir(workdir):
         raise FileNotFoundError(f"The workdir {workdir} does not exist; pass the --workdir of "
                                 f"a training run.")
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if not paths.isdir(paths.join(workdir, "checkpoints")):
         raise FileNotFoundError(f"No checkpoint in {workdir}: it has no checkpoints/ directory; "
                                 f"pass the --workdir of a run that saved one.")
+
+
+def _absolute(workdir: str) -> str:
+    from barlow_jax import paths
+    return paths.absolute(workdir)
 
 
 def _load_variables(workdir: str, step: Optional[int]):
@@ -462,16 +473,22 @@ def _save(torch, state: Mapping[str, np.ndarray], out: str) -> None:
 
 
 def export_workdir(workdir: str, out: str, step: Optional[int] = None, full: bool = False,
-                   log=print) -> Dict[str, Any]:
+                   log=print, save=None) -> Dict[str, Any]:
     """Writes the checkpoint of ``workdir`` (latest or ``step``) to ``out`` (.pth).
 
     Backbone only (torchvision layout) by default; ``full`` writes
     ``to_torch_full``. Also writes ``out + '.meta.json'`` (architecture,
     step, whether it is a torchvision layout, key layout) and returns it.
+    ``save(state, out)`` replaces torch.save (export_formats: safetensors).
     """
     _check_out_path(out)
     _check_workdir(workdir)
-    torch = _import_torch()
+    if save is None:
+        torch = _import_torch()
+        save = lambda state, path: _save(torch, state, path)  # noqa: E731
+    start = time.perf_counter()
+    log(f"Exporting the {'latest' if step is None else f'step {step}'} checkpoint of "
+        f"{workdir} to {out} ...")
     config, variables, step = _load_variables(workdir, step)
     state = to_torch_full(variables) if full else to_torchvision(variables)
     arch = infer_architecture(state)
@@ -487,22 +504,64 @@ def export_workdir(workdir: str, out: str, step: Optional[int] = None, full: boo
         notes.append(f"{arch['name']} with width {arch['width']} has torchvision's key names but "
                      f"no torchvision constructor builds it")
     meta = {
-        "barlow_jax_meta": 1, "workdir": os.path.abspath(workdir), "step": int(step),
+        "barlow_jax_meta": 1, "workdir": _absolute(workdir), "step": int(step),
         "method": getattr(config, "method", None), "layout": "full" if full else "torchvision",
         "architecture": arch["name"], "width": arch["width"], "cifar_stem": arch["cifar_stem"],
         "torchvision_compatible": torchvision_arch and not arch["cifar_stem"],
         "parameters": count_parameters(state), "tensors": len(state),
     }
     meta["notes"] = notes
-    _save(torch, state, out)
+    save(state, out)
     with open(out + ".meta.json", "w") as f:
         json.dump(meta, f, indent=1)
     for n in notes:
         log(f"WARNING: {n}.")
     log(f"Wrote {out}: {arch['name']}{' (CIFAR stem)' if arch['cifar_stem'] else ''} from step "
         f"{step} of {workdir}, {meta['layout']} layout, {len(state)} tensors, "
-        f"{meta['parameters']:,} parameters; notes in {out}.meta.json.")
+        f"{meta['parameters']:,} parameters, in {time.perf_counter() - start:.1f}s; notes in "
+        f"{out}.meta.json.")
     return meta
+
+
+def load_workdir_config(workdir: str):
+    """The run's config.json as a ConfigDict, or None when it is missing."""
+    from barlow_jax.checkpointing import load_config
+    try:
+        return load_config(workdir)
+    except FileNotFoundError:
+        return None
+
+
+# The CIFAR-stem backbone in PyTorch: written verbatim into timm_hub model cards
+# (export_formats.py) and run by torch_cifar_resnet() below, so both stay the same.
+TORCH_CIFAR_RESNET_SOURCE = '''
+import torch, torchvision
+
+def torch_cifar_resnet(name="resnet18", weights=None):
+    """torchvision ResNet with the CIFAR stem (3x3 stride-1 conv1, no max-pool, no fc);
+    weights: a state dict or a .safetensors/.pth path, loaded strictly."""
+    m = getattr(torchvision.models, name)()
+    m.conv1 = torch.nn.Conv2d(3, m.conv1.out_channels, 3, 1, 1, bias=False)
+    m.maxpool = torch.nn.Identity()
+    m.fc = torch.nn.Identity()
+    if isinstance(weights, str):
+        if weights.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            weights = load_file(weights)
+        else:
+            weights = torch.load(weights, map_location="cpu", weights_only=True)
+    if weights is not None:
+        m.load_state_dict(weights, strict=True)
+    return m
+'''
+
+
+def torch_cifar_resnet(name: str = "resnet18", weights=None):
+    """torchvision ResNet with the CIFAR stem, loading ``weights`` strictly (needs torchvision)."""
+    scope: Dict[str, Any] = {}
+    exec(compile(TORCH_CIFAR_RESNET_SOURCE, "barlow_jax.export.TORCH_CIFAR_RESNET_SOURCE",
+                 "exec"), scope)
+    return scope["torch_cifar_resnet"](name, weights)
 
 
 def import_pth(path: str, out: str, log=print) -> Dict[str, Any]:
@@ -518,9 +577,14 @@ def import_pth(path: str, out: str, log=print) -> Dict[str, Any]:
         raise FileNotFoundError(f"{path} does not exist; pass --import=<a torchvision .pth file>.")
     _check_out_path(out)
     torch = _import_torch()
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    variables = from_torchvision(sd, strict=False)
-    arch = infer_architecture(sd)
+    sd = _load_state_dict(torch, path)
+    try:
+        variables = from_torchvision(sd, strict=False)
+        arch = infer_architecture(sd)
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise ValueError(f"{path} is not a torchvision ResNet state dict ({type(e).__name__}: "
+                         f"{e}); pass the .pth of a torchvision resnet18/34/50 (e.g. one "
+                         f"written by `python -m barlow_jax.export --workdir=...`).") from e
     blob = serialization.msgpack_serialize(dict(variables, architecture=arch))
     try:
         with open(out, "wb") as f:
@@ -531,6 +595,27 @@ def import_pth(path: str, out: str, log=print) -> Dict[str, Any]:
     log(f"Wrote {out}: {arch['name']}{' (CIFAR stem)' if arch['cifar_stem'] else ''} variables "
         f"from {path}, {n:,} parameters. Use barlow_jax.models.build_resnet(**architecture).")
     return arch
+
+
+def _load_state_dict(torch, path: str):
+    """``torch.load(weights_only=True)`` of ``path``, a one-sentence ValueError otherwise."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError, RuntimeError (not a zip), EOFError, ...
+        detail = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        why = ("it holds Python objects that torch.load(weights_only=True) refuses to run"
+               if "weights_only" in str(e) or "Weights only" in str(e)
+               else f"torch.load cannot read it: {detail}")
+        raise ValueError(f"{path} is not a loadable PyTorch state dict ({why}); pass a .pth "
+                         f"saved with torch.save(model.state_dict(), path).") from e
+    for key in ("state_dict", "model"):  # common wrappers around a state dict
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict) and not any(
+                hasattr(v, "shape") for v in sd.values()):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not any(hasattr(v, "shape") for v in sd.values()):
+        raise ValueError(f"{path} holds a {type(sd).__name__} without tensors, not a state "
+                         f"dict; pass a .pth saved with torch.save(model.state_dict(), path).")
+    return sd
 
 
 def read_variables(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -549,20 +634,47 @@ def main(argv: Optional[List[str]] = None) -> int:
         "Export a barlow_jax checkpoint as a torchvision ResNet state dict, or import one."))
     ap.add_argument("--workdir", help="training run directory (holds checkpoints/<step>/)")
     ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    ap.add_argument("--out", required=True, help=".pth to write (export) or .msgpack (import)")
+    ap.add_argument("--out", required=True, help=".pth to write (export) or .msgpack (import); "
+                    "a folder for --format=timm_hub")
+    ap.add_argument("--format", default="pth", choices=("pth", "safetensors", "timm_hub"),
+                    help="export file format (docs/export.md)")
     ap.add_argument("--full", action="store_true",
                     help="also write projector/predictor/target (keys in docs/export.md)")
     ap.add_argument("--import", dest="import_path", default=None,
                     help="torchvision .pth to convert into Flax variables (msgpack)")
+    ap.add_argument("--verbose", action="store_true", help="print tracebacks with errors")
+    from barlow_jax import distributed  # a checkpoint of any topology loads on this one
+    distributed.add_argparse_flags(ap)
     args = ap.parse_args(argv)
+    if args.verbose:
+        os.environ["BARLOW_JAX_VERBOSE"] = "1"
     if (args.workdir is None) == (args.import_path is None):
         ap.error("pass exactly one of --workdir (export) and --import (import)")
     try:
+        if args.workdir is not None:
+            distributed.initialize_from_flags(args)
+    except distributed.DistributedInitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
         if args.import_path is not None:
             import_pth(args.import_path, args.out)
+        elif args.format != "pth":  # export_formats.py
+            from barlow_jax import export_formats
+            if args.format == "safetensors":
+                export_formats.export_safetensors(args.workdir, args.out, step=args.step,
+                                                  full=args.full)
+            else:
+                if args.full:
+                    ap.error("--full is not available with --format=timm_hub (backbone only)")
+                export_formats.export_timm_hub(args.workdir, args.out, step=args.step)
         else:
             export_workdir(args.workdir, args.out, step=args.step, full=args.full)
     except (FileNotFoundError, ValueError, ImportError) as e:
+        from barlow_jax.cli import verbose
+        if verbose():
+            import traceback
+            traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -3,6 +3,10 @@
 The TensorBoard writer is self-contained (TFRecord framing + the few
 protobuf fields of ``Event``/``Summary`` it needs), so logging works on
 accelerator images that have no TensorFlow (FIELD_NOTES §7).
+
+Files go through ``barlow_jax.paths`` (etils.epath), so a ``gs://`` workdir
+gets its logs in the bucket. In a multi-process run only process 0 builds
+these writers (train.py): one writer per shared file.
 """
 
 from __future__ import annotations
@@ -11,13 +15,14 @@ import io
 import json
 import math
 import os
-import socket
 import struct
 import sys
 import time
 from typing import Dict, Iterable, Optional
 
 import numpy as np
+
+from barlow_jax import paths
 
 # ---------------------------------------------------------------- JSONL
 
@@ -27,11 +32,10 @@ class JsonlWriter:
 
     def __init__(self, path: str):
         self.path = path
-        self._f = open(path, "a", encoding="utf-8")
+        self._f = paths.AppendFile(path)
 
     def write(self, record: Dict):
         self._f.write(json.dumps(record, sort_keys=True) + "\n")
-        self._f.flush()
 
     def close(self):
         self._f.close()
@@ -43,34 +47,31 @@ def truncate_after(path: str, step: int) -> int:
     A run that died after its last checkpoint logged steps that the resumed
     run will log again; keeping both would duplicate them. Nothing is
     deleted: the dropped lines are appended to the ``.discarded`` file.
-    Returns how many lines were moved.
+    Returns how many lines were moved. Call it on process 0 only: the file
+    is replaced through a temporary file named uniquely (``paths.write_text``).
     """
-    if not os.path.exists(path):
+    if not paths.exists(path):
         return 0
     keep, drop = [], []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                rec_step = json.loads(line).get("step", 0)
-            except json.JSONDecodeError:
-                drop.append(line)
-                continue
-            (drop if rec_step > step else keep).append(line)
+    for line in paths.read_text(path).splitlines(keepends=True):
+        if not line.strip():
+            continue
+        if not line.endswith("\n"):
+            line += "\n"  # a torn last line (killed mid-write) is moved, whole-lined
+        try:
+            rec_step = json.loads(line).get("step", 0)
+        except json.JSONDecodeError:
+            drop.append(line)
+            continue
+        (drop if rec_step > step else keep).append(line)
     if drop:
-        with open(path + ".discarded", "a", encoding="utf-8") as f:
-            f.writelines(drop)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(keep)
-        os.replace(tmp, path)
+        paths.append_text(path + ".discarded", "".join(drop))
+        paths.write_text(path, "".join(keep))
     return len(drop)
 
 
 def read_jsonl(path: str):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------- TensorBoard
@@ -140,10 +141,15 @@ class TensorBoardWriter:
     """Writes scalars and images to ``logdir/events.out.tfevents.*``."""
 
     def __init__(self, logdir: str):
-        os.makedirs(logdir, exist_ok=True)
-        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-        self._f = open(os.path.join(logdir, name), "ab")
+        paths.makedirs(logdir)
+        self.logdir = logdir
+        self._f = paths.AppendFile(self._new_name(), binary=True, rotate=self._new_name)
         self._write(_event(0, time.time(), file_version="brain.Event:2"))
+
+    def _new_name(self) -> str:
+        # Unique across hosts and restarts (pid 1 in every container; same second).
+        return paths.join(self.logdir,
+                          f"events.out.tfevents.{int(time.time())}.{paths.unique_suffix()}")
 
     def _write(self, event: bytes):
         header = struct.pack("<Q", len(event))
@@ -155,11 +161,9 @@ class TensorBoardWriter:
                         for k, v in values.items() if _is_number(v))
         if vals:
             self._write(_event(step, time.time(), summary=vals))
-        self._f.flush()
 
     def image(self, step: int, tag: str, image: np.ndarray):
         self._write(_event(step, time.time(), summary=_field_bytes(1, _image_value(tag, image))))
-        self._f.flush()
 
     def close(self):
         self._f.close()
@@ -199,3 +203,48 @@ def print_progress(line: str):
 
 def nonfinite_keys(record: Dict) -> Iterable[str]:
     return [k for k, v in record.items() if _is_number(v) and not math.isfinite(float(v))]
+
+
+class WandbWriter:
+    """The TensorBoardWriter's scalars and pictures, sent to Weights & Biases.
+
+    Optional: built only when ``config.wandb.project`` is set, and then needs
+    the ``wandb`` package (``pip install wandb``). ``config.wandb.mode`` is
+    wandb's: 'online', 'offline' (files under ``<workdir>/wandb``, upload
+    later with ``wandb sync``) or 'disabled'. The run id is derived from the
+    workdir, so a resumed run continues the same wandb run.
+    """
+
+    def __init__(self, run, wandb_module):
+        self._run, self._wandb = run, wandb_module
+
+    @classmethod
+    def from_config(cls, config, workdir: str) -> Optional["WandbWriter"]:
+        wc = config.get("wandb", None)
+        if wc is None or not wc.get("project", ""):
+            return None
+        try:
+            import wandb
+        except ImportError:
+            raise ImportError("config.wandb.project is set but the wandb package is missing; "
+                              "`pip install wandb`, or leave config.wandb.project empty.") from None
+        import hashlib
+        run_id = hashlib.sha1(paths.absolute(workdir).encode()).hexdigest()[:16]
+        to_dict = getattr(config, "to_dict", None)
+        run = wandb.init(project=wc.project, entity=wc.get("entity", "") or None,
+                         mode=wc.get("mode", "online") or "online",
+                         dir=None if paths.is_remote(workdir) else workdir,  # wandb: local only
+                         id=run_id, resume="allow", name=paths.basename(paths.absolute(workdir)),
+                         config=to_dict() if to_dict else dict(config))
+        return cls(run, wandb)
+
+    def scalars(self, step: int, values: Dict[str, float]):
+        vals = {k: float(v) for k, v in values.items() if _is_number(v) and k != "step"}
+        if vals:
+            self._run.log(vals, step=int(step))
+
+    def image(self, step: int, tag: str, image: np.ndarray):
+        self._run.log({tag: self._wandb.Image(np.asarray(image))}, step=int(step))
+
+    def close(self):
+        self._run.finish()

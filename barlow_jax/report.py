@@ -27,11 +27,12 @@ TensorBoard. Matplotlib (Agg backend) is imported only to draw the PNGs.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Dict, List, Optional
 
 import numpy as np
+
+from barlow_jax import paths
 
 BLOCK = 64
 
@@ -73,11 +74,25 @@ def c_matrix_image(c_block_values, scale: int = 4, gap: int = 8) -> np.ndarray:
 # ---------------------------------------------------------------- metrics
 
 def read_metrics(workdir: str) -> List[Dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = paths.join(workdir, "metrics.jsonl")
+    if not paths.exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
+
+
+def _is_lead() -> bool:
+    import jax
+    return jax.process_index() == 0
+
+
+def _savefig(fig, out_dir: str, name: str):
+    """PNG into ``out_dir`` (local or gs://...): rendered in memory, written by process 0."""
+    import io
+    if not _is_lead():
+        return
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    paths.write_bytes(paths.join(out_dir, name), buf.getvalue())
 
 
 def _series(records, key):
@@ -116,7 +131,7 @@ def plot_curves(records: List[Dict], out_dir: str) -> List[str]:
         axes[-1, 0].set_xlabel("step")
         fig.suptitle("training curves")
         fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "curves.png"), dpi=110)
+        _savefig(fig, out_dir, "curves.png")
         plt.close(fig)
         written.append("curves.png")
     if len(_series(records, "knn_top1")[0]):
@@ -131,7 +146,7 @@ def plot_curves(records: List[Dict], out_dir: str) -> List[str]:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "knn.png"), dpi=110)
+        _savefig(fig, out_dir, "knn.png")
         plt.close(fig)
         written.append("knn.png")
     health = [(k, lbl) for k, lbl in (("embed_std_mean", "embedding std (mean over dims)"),
@@ -149,7 +164,7 @@ def plot_curves(records: List[Dict], out_dir: str) -> List[str]:
         axes[-1, 0].set_xlabel("step")
         fig.suptitle("embedding health (training batches)")
         fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "health.png"), dpi=110)
+        _savefig(fig, out_dir, "health.png")
         plt.close(fig)
         written.append("health.png")
     return written
@@ -201,7 +216,7 @@ def plot_checkpoint(stats: Dict[str, np.ndarray], out_dir: str, step: int) -> Li
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(im, ax=axes, fraction=0.046, pad=0.04)
-    fig.savefig(os.path.join(out_dir, "c_matrix.png"), dpi=110)
+    _savefig(fig, out_dir, "c_matrix.png")
     plt.close(fig)
     written.append("c_matrix.png")
 
@@ -220,7 +235,7 @@ def plot_checkpoint(stats: Dict[str, np.ndarray], out_dir: str, step: int) -> Li
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "embedding_std.png"), dpi=110)
+    _savefig(fig, out_dir, "embedding_std.png")
     plt.close(fig)
     written.append("embedding_std.png")
 
@@ -243,7 +258,7 @@ def plot_checkpoint(stats: Dict[str, np.ndarray], out_dir: str, step: int) -> Li
     ax.set_ylabel(f"PC 2 ({100 * explained[1]:.1f}% var)" if len(explained) > 1 else "PC 2")
     ax.set_title(f"backbone features of eval images, step {step}")
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "pca.png"), dpi=110)
+    _savefig(fig, out_dir, "pca.png")
     plt.close(fig)
     written.append("pca.png")
     return written
@@ -260,7 +275,7 @@ def _fmt(v, digits=4):
 def write_summary(workdir: str, out_dir: str, records: List[Dict], pictures: List[str],
                   config=None, step: Optional[int] = None, stats=None) -> str:
     from barlow_jax.eval.health import collapse_warnings, embedding_health
-    lines = [f"# Run report: `{os.path.abspath(workdir)}`", ""]
+    lines = [f"# Run report: `{paths.absolute(workdir)}`", ""]
     if config is not None:
         lines += [f"- method: {config.method}; backbone {config.model.name} (width "
                   f"{config.model.width}); projector {config.projector.spec}",
@@ -280,6 +295,9 @@ def write_summary(workdir: str, out_dir: str, records: List[Dict], pictures: Lis
         if knn:
             best = max(knn, key=lambda r: r["knn_top1"])
             lines += ["", f"Best kNN top-1: {best['knn_top1']:.2f}% at step {best['step']}."]
+            if knn[0]["step"] == 0 and len(knn) > 1:  # config.eval.knn_at_start
+                lines.append(f"Untrained network (step 0): {knn[0]['knn_top1']:.2f}%; last "
+                             f"(step {knn[-1]['step']}): {knn[-1]['knn_top1']:.2f}%.")
         warnings = collapse_warnings(last)
         lines += ["", "## Collapse warnings (last logged step)", ""]
         lines += [f"- {w}" for w in warnings] if warnings else ["- none"]
@@ -296,11 +314,10 @@ def write_summary(workdir: str, out_dir: str, records: List[Dict], pictures: Lis
                   f"({100 * health['embed_rank_frac']:.1f}% of the possible), std mean "
                   f"{health['embed_std_mean']:.3g}, min {health['embed_std_min']:.3g}"]
     for name, title in (("linear_eval.json", "Linear probe"), ("semisup_eval.json", None)):
-        path = os.path.join(workdir, name)
-        if not os.path.exists(path):
+        path = paths.join(workdir, name)
+        if not paths.exists(path):
             continue
-        with open(path, encoding="utf-8") as f:
-            res = json.load(f)
+        res = json.loads(paths.read_text(path))
         entries = {title: res} if title else {f"Semi-supervised {k}": v for k, v in res.items()}
         for t, r in entries.items():
             if r.get("final"):
@@ -311,28 +328,33 @@ def write_summary(workdir: str, out_dir: str, records: List[Dict], pictures: Lis
                           + ("" if r.get("complete") else " — run not finished")]
     if pictures:
         lines += ["", "## Pictures", ""] + [f"![{p}]({p})" for p in pictures]
-    path = os.path.join(out_dir, "summary.md")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    path = paths.join(out_dir, "summary.md")
+    if _is_lead():
+        paths.write_text(path, "\n".join(lines) + "\n")
     return path
 
 
 def make_report(workdir: str, *, step: Optional[int] = None, examples: int = 512,
-                log=print) -> Dict:
-    """Writes DIR/report/*; returns {'pictures': [...], 'summary': path}."""
-    out_dir = os.path.join(workdir, "report")
+                log=print, config=None) -> Dict:
+    """Writes DIR/report/*; returns {'pictures': [...], 'summary': path}.
+
+    ``config``: the run's config when it holds what config.json cannot (the arrays
+    source's images, in a notebook); default: the workdir's config.json.
+    """
+    out_dir = paths.join(workdir, "report")
     records = read_metrics(workdir)
-    has_ckpt = os.path.isdir(os.path.join(workdir, "checkpoints"))
+    has_ckpt = paths.isdir(paths.join(workdir, "checkpoints"))
     if not records and not has_ckpt:
         raise FileNotFoundError(f"{workdir} has neither metrics.jsonl nor checkpoints/; point "
                                 f"--workdir at the directory a training run wrote.")
-    os.makedirs(out_dir, exist_ok=True)
+    paths.makedirs(out_dir)
     pictures = plot_curves(records, out_dir)
-    config = stats = None
+    stats = None
     if has_ckpt:
         from barlow_jax import checkpointing
         from barlow_jax.eval.features import load_labelled
-        config, variables, step = checkpointing.load_variables(workdir, step)
+        saved, variables, step = checkpointing.load_variables(workdir, step)
+        config = config if config is not None else saved
         data = load_labelled(config.data, config.data.eval_split, max_examples=examples,
                              seed=int(config.seed))
         stats = checkpoint_statistics(config, variables, data.images, data.labels,
@@ -349,14 +371,17 @@ def main(argv=None):
     flags.DEFINE_integer("step", None, "Checkpoint to picture (default: the latest).")
     flags.DEFINE_integer("examples", 512, "Eval images for C, std and PCA.")
     flags.mark_flag_as_required("workdir")
+    from barlow_jax import distributed
+    distributed.define_flags(flags)  # a checkpoint of any topology loads on this one
 
     def run(argv):
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
         f = flags.FLAGS
         try:
+            distributed.initialize_from_flags(f)
             make_report(f.workdir, step=f.step, examples=f.examples)
-        except (ValueError, FileNotFoundError) as e:
+        except (ValueError, FileNotFoundError, distributed.DistributedInitError) as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(1)
 

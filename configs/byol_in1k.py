@@ -37,4 +37,8 @@ def get_config():
     c.optimizer.weight_decay = 1.5e-6
     c.optimizer.warmup_epochs = 10
     c.optimizer.final_lr_fraction = 0.0
+    c.optimizer.reference_world_size = 0   # the true gradient, as its official code
+    c.data.augment.view1.color_ops = "byol"   # deepmind byol/utils/augmentations.py
+    c.data.augment.view2.color_ops = "byol"
+    c.loss.target_init = "independent"   # byol_experiment.py: rng_online, rng_target
     return c

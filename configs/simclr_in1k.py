@@ -24,7 +24,8 @@ from configs import base, bt_in1k
 def symmetric_view(**kw):
     """SimCLR's augmentation of either view (jitter strength 1.0, blur p 0.5)."""
     return base.augment_view(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2,
-                             jitter=0.8, grayscale=0.2, blur=0.5, solarize=0.0, **kw)
+                             jitter=0.8, grayscale=0.2, blur=0.5, solarize=0.0,
+                             **{"color_ops": "tf", **kw})
 
 
 def get_config():
@@ -38,7 +39,6 @@ def get_config():
     c.projector.last_bn = True
     c.projector.last_bn_affine = "scale"
     c.loss.temperature = 0.1
-    c.optimizer.name = "lars"
     c.optimizer.lr_weights = 0.3
     c.optimizer.lr_biases = 0.3
     c.optimizer.weight_decay = 1e-6
@@ -46,4 +46,8 @@ def get_config():
     c.optimizer.final_lr_fraction = 0.0
     c.data.augment.view1 = symmetric_view()
     c.data.augment.view2 = symmetric_view()
+    c.optimizer.reference_world_size = 0   # the true gradient, as its official code
+    c.optimizer.name = "simclr_lars"   # tf2/lars_optimizer.py: classic momentum
+    c.optimizer.eta = 0.001
+    c.loss.simclr_loss_scale = 2.0      # tf2/objective.py: loss_a + loss_b
     return c

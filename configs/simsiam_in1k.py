@@ -50,4 +50,5 @@ def get_config():
     c.optimizer.fix_predictor_lr = True
     c.data.augment.view1 = symmetric_view(blur=0.5, solarize=0.0)
     c.data.augment.view2 = symmetric_view(blur=0.5, solarize=0.0)
+    c.optimizer.reference_world_size = 0   # the true gradient, as its official code
     return c

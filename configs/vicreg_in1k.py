@@ -31,4 +31,5 @@ def get_config():
     c.optimizer.weight_decay = 1e-6
     c.optimizer.warmup_epochs = 10
     c.optimizer.final_lr_fraction = 0.001
+    c.optimizer.reference_world_size = 0   # the true gradient, as its official code
     return c

@@ -25,10 +25,11 @@ def cli_env(n_devices: int):
     return env
 
 
-def run_cli(args, n_devices=1, module="barlow_jax.main", timeout=600):
+def run_cli(args, n_devices=1, module="barlow_jax.main", timeout=600, env=None):
+    """``python -m module args``; ``env``: extra environment variables."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
-                          env=cli_env(n_devices), capture_output=True, text=True,
-                          timeout=timeout)
+                          env={**cli_env(n_devices), **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def read_metrics(workdir):

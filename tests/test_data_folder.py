@@ -108,7 +108,7 @@ def test_pipelines_on_folder_count_skipped(tmp_path):
         batch = next(p)
         key = "idx" if placement == "device" else "view1"
         assert batch[key].shape[0] == 8
-    assert p.device_data["images"].shape == (16, 20, 20, 3)
+    assert p.device_data["images"].shape == (MESH.devices.size, 16, 20, 20, 3)  # one copy per device
     images, labels = data_lib.load_eval_arrays(c, "test")
     assert images.shape == (12, 20, 20, 3) and list(labels) == [0] * 6 + [1] * 6
     np.testing.assert_array_equal(images[0], folder.read_rgb(
@@ -201,8 +201,11 @@ def test_clear_errors_for_bad_paths(tmp_path):
         err(tmp_path / "empty")
     (tmp_path / "noclass" / "train").mkdir(parents=True)
     (tmp_path / "noclass" / "train" / "a.jpg").write_bytes(_jpeg_bytes(0))
-    with pytest.raises(ValueError, match="has no class subfolders"):
-        err(tmp_path / "noclass")
+    assert (err(tmp_path / "noclass").labels == -1).all()  # unlabeled (tests/test_unlabeled.py)
+    (tmp_path / "nothing" / "train").mkdir(parents=True)
+    (tmp_path / "nothing" / "train" / "a.txt").write_text("x")
+    with pytest.raises(ValueError, match="has no class subfolders and no images"):
+        err(tmp_path / "nothing")
     (tmp_path / "noimg" / "train" / "cat").mkdir(parents=True)
     (tmp_path / "noimg" / "train" / "cat" / "a.txt").write_text("x")
     with pytest.raises(ValueError, match="No .jpg/.jpeg/.png images"):

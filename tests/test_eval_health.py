@@ -108,3 +108,28 @@ def test_warnings():
     assert len(low_rank) == 1 and "dimensional collapse" in low_rank[0]
     assert "correlated" in collapse_warnings(dict(healthy, mean_abs_off_diag=0.9))[0]
     assert "diverged" in collapse_warnings(dict(healthy, loss=float("nan")))[0]
+
+
+def test_rank_on_a_sample_of_dimensions():
+    """rank_dims=K < D: the rank of K fixed, evenly spaced coordinates; std over all D."""
+    from barlow_jax.eval.health import rank_sample
+    z = np.random.default_rng(6).normal(size=(64, 48)).astype(np.float32) * np.linspace(
+        0.2, 3.0, 48).astype(np.float32)
+    idx = rank_sample(48, 16)
+    np.testing.assert_array_equal(idx, np.arange(16) * 3)
+    assert rank_sample(48, 48) is None and rank_sample(48, 0) is None
+    out = embedding_health(jnp.asarray(z), rank_dims=16)
+    np.testing.assert_allclose(out["embed_eff_rank"], numpy_erank(z[:, idx]), rtol=1e-3)
+    np.testing.assert_allclose(out["embed_rank_frac"], numpy_erank(z[:, idx]) / 16, rtol=1e-3)
+    np.testing.assert_allclose(out["embed_std_min"], z.std(0).min(), rtol=1e-5)
+    # 8 devices: the same numbers
+    mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+    fn = jax.jit(jax.shard_map(lambda x: embedding_health(x, axis_name="data", rank_dims=16),
+                               mesh=mesh, in_specs=P("data"), out_specs=P()))
+    sharded = fn(jnp.asarray(z))
+    for key in out:
+        np.testing.assert_allclose(sharded[key], out[key], rtol=1e-4, err_msg=key)
+    # a collapse to 3 dimensions still shows on the sample
+    low = with_singular_values(64, 48, np.array([3.0, 2.0, 1.0]), seed=7).astype(np.float32)
+    erank = float(embedding_health(jnp.asarray(low), rank_dims=16)["embed_eff_rank"])
+    assert 1.0 <= erank <= 3.0 + 1e-3

@@ -138,5 +138,5 @@ def test_subset_file_with_large_images(setup, tmp_path):
 
 
 def test_default_backbone_lr_follows_the_fraction():
-    assert semisup.default_lr_backbone(0.01) == 0.002
+    assert semisup.default_lr_backbone(0.01) == 0.005   # current official README
     assert semisup.default_lr_backbone(0.1) == 0.005

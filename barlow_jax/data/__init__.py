@@ -13,11 +13,14 @@ returns an object with
   trainer passes it to the step as an argument, never as a constant.
 * iteration: yields one global batch per step starting at ``start_step``; a
   batch is a pytree of global ``jax.Array``s sharded ``P('data')`` on axis 0.
-  The batch for step k depends only on (seed, k): a resumed run sees exactly
-  what an uninterrupted one sees.
+  The batch for step k depends only on (seed, k), not on the number of
+  devices or processes (TFDS: not on the devices): a resumed run, on any
+  device count, sees exactly what an uninterrupted one sees.
 * ``make_views(batch, device_data, key) -> (view1, view2)``: pure JAX, called
   inside the jitted step *per device* (under ``shard_map``, on the local
-  shards) with a per-device key; returns float32 NHWC normalised views.
+  shards) with the step's key (the same on every device); each example's
+  randomness comes from that key and the example's global index, so the
+  views do not depend on the device count. Returns float32 NHWC views.
 * ``stats() -> dict``: counters for metrics.jsonl (e.g. ``skipped_images``).
 * ``close()``.
 

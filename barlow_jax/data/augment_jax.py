@@ -49,10 +49,23 @@ CROP_UNIFORMS = 2 * CROP_ATTEMPTS + 2   # areas, aspects, top, left
 PARAM_UNIFORMS = 14   # flip, jitter, gray, blur, solarize, sigma, 4 factors, 4 order keys
 
 
-def blur_kernel_size(size: int) -> int:
-    """Odd kernel of about 10% of the image side (23 at 224, 3 at 32), >= 3."""
+def blur_kernel_size(size: int, sigma_max: float = 2.0) -> int:
+    """Odd kernel: about 10% of the image side (23 at 224), and at least 2*ceil(3 sigma_max)+1.
+
+    The 10% rule (SimCLR, BYOL) is the kernel of large images; at small sizes
+    it truncates the Gaussian (3 taps at 32 px), far weaker than PIL's
+    ``GaussianBlur(radius=sigma)`` that the torchvision-based recipes (BT,
+    solo-learn) use, whose support is not truncated. The +-3 sigma floor (13
+    taps for sigma 2) keeps PIL's effective support (docs/methods.md: measured
+    difference). Reflect padding needs a kernel radius below the image side.
+    """
     k = int(0.1 * size)
-    return max(3, k + 1 - k % 2)
+    k = max(3, k + 1 - k % 2, 2 * math.ceil(3.0 * float(sigma_max)) + 1)
+    if k // 2 >= size:
+        raise ValueError(f"Gaussian blur with sigma up to {sigma_max} needs images larger than "
+                         f"{k // 2} pixels (got {size}); set blur_prob=0 for this view or "
+                         f"lower blur_sigma.")
+    return k
 
 
 def normalize(x, data_config):
@@ -190,13 +203,58 @@ def adjust_hue(x, f):
 JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
-def color_jitter(x, factors, order, active=(True, True, True, True)):
+# Other colour semantics (``view_config.color_ops``). The factors are drawn as
+# torchvision's (b, c, s in [1 - x, 1 + x], hue delta in [-h, h]); each family
+# maps them onto its own operations, every op clipping to [0, 1] as the
+# reference code clips after each op.
+
+def adjust_contrast_per_channel(x, f):
+    """tf.image.adjust_contrast / BYOL ``adjust_contrast``: each channel about its own mean."""
+    mean = jnp.mean(x, axis=(-3, -2), keepdims=True)
+    return jnp.clip(f * (x - mean) + mean, 0.0, 1.0)
+
+
+def adjust_saturation_hsv(x, f):
+    """tf.image.adjust_saturation / BYOL: S <- clip(S * f, 0, 1) in HSV."""
+    h, s, v = rgb_to_hsv(x)
+    return jnp.clip(hsv_to_rgb(h, jnp.clip(s * f, 0.0, 1.0), v), 0.0, 1.0)
+
+
+def adjust_brightness_additive(x, f):
+    """BYOL ``adjust_brightness``: x + delta with delta = f - 1 ~ U(-b, b)."""
+    return jnp.clip(x + (f - 1.0), 0.0, 1.0)
+
+
+COLOR_OPS = {
+    # torchvision ColorJitter (BT, VICReg, solo-learn): blends with black, the grey
+    # image's mean, and the grey image.
+    "torchvision": JITTER_OPS,
+    # google-research/simclr tf2/data_util.py color_jitter_rand (impl 'simclrv2'):
+    # multiplicative brightness, tf.image contrast, saturation and hue.
+    "tf": (adjust_brightness, adjust_contrast_per_channel, adjust_saturation_hsv, adjust_hue),
+    # deepmind-research byol/utils/augmentations.py _color_transform_single_image.
+    "byol": (adjust_brightness_additive, adjust_contrast_per_channel, adjust_saturation_hsv,
+             adjust_hue),
+}
+
+
+def color_ops_name(view_config) -> str:
+    """The view's ``color_ops`` ('torchvision' when absent), checked."""
+    name = view_config.get("color_ops", "torchvision")
+    if name not in COLOR_OPS:
+        raise ValueError(f"color_ops={name!r} is not supported; use one of "
+                         f"{sorted(COLOR_OPS)} (config.data.augment.viewN.color_ops).")
+    return name
+
+
+def color_jitter(x, factors, order, active=(True, True, True, True), ops: str = "torchvision"):
     """Applies op ``order[i]`` with ``factors[order[i]]`` for i = 0..3 (one example).
 
-    ``active[j]`` False (strength 0 in the config) makes op j the identity
-    without computing it.
+    ``ops`` names the colour semantics (``COLOR_OPS``). ``active[j]`` False
+    (strength 0 in the config) makes op j the identity without computing it.
     """
-    branches = [(lambda y, j=j: JITTER_OPS[j](y, factors[j])) if active[j]
+    table = COLOR_OPS[ops]
+    branches = [(lambda y, j=j: table[j](y, factors[j])) if active[j]
                 else (lambda y: y) for j in range(4)]
     return lax.fori_loop(0, 4, lambda i, y: lax.switch(order[i], branches, y), x)
 
@@ -262,18 +320,32 @@ def sample_params(key, view_config, height: int, width: int, crop: bool = True):
     return p
 
 
-def view(images, key, view_config, data_config, size=None, crop: bool = True):
+def example_keys(key, ids, view_index: int):
+    """[B] keys of one view: fold_in(fold_in(key, id), view_index) for each example id.
+
+    With ``key`` the step key (a function of (seed, step)) and ``ids`` the
+    examples' global dataset indices, every example's randomness is a
+    function of (seed, step, example) only: not of the device or process
+    that computes it, nor of the number of devices (docs/data.md).
+    """
+    ids = jnp.asarray(ids).astype(jnp.uint32)
+    return jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, i), view_index))(ids)
+
+
+def view(images, key, view_config, data_config, size=None, crop: bool = True, keys=None):
     """uint8 [B,H,W,3] -> float32 [B,size,size,3] normalised view.
 
     ``crop=False`` (placement 'split') takes images already cropped and
     flipped on the host and applies the rest. Randomness is per example:
-    ``key`` is split into B example keys.
+    ``keys`` ([B] keys, e.g. from ``example_keys``) when given, else ``key``
+    is split into B example keys (then it depends on the batch layout).
     """
     b, height, width, _ = images.shape
     size = size or data_config.image_size
     v = view_config
-    params = jax.vmap(lambda k: sample_params(k, v, height, width, crop))(
-        jax.random.split(key, b))
+    if keys is None:
+        keys = jax.random.split(key, b)
+    params = jax.vmap(lambda k: sample_params(k, v, height, width, crop))(keys)
     x = images.astype(jnp.float32) / 255.0
     if crop:
         x = jax.vmap(resized_crop, in_axes=(0, 0, None))(
@@ -282,7 +354,8 @@ def view(images, key, view_config, data_config, size=None, crop: bool = True):
         x = jnp.clip(x, 0.0, 1.0)
     if v.jitter_prob > 0:
         active = (v.brightness > 0, v.contrast > 0, v.saturation > 0, v.hue > 0)
-        jittered = jax.vmap(lambda y, f, o: color_jitter(y, f, o, active))(
+        ops = color_ops_name(v)
+        jittered = jax.vmap(lambda y, f, o: color_jitter(y, f, o, active, ops))(
             x, params["factors"], params["order"])
         x = jnp.where(params["jitter"][:, None, None, None], jittered, x)
     if v.grayscale_prob > 0:
@@ -297,10 +370,19 @@ def view(images, key, view_config, data_config, size=None, crop: bool = True):
     return normalize(x, data_config)
 
 
-def two_views(images, key, data_config, crop: bool = True):
-    """(view1, view2) of uint8 images with the two views' configs."""
-    k1, k2 = jax.random.split(key)
+def two_views(images, key, data_config, crop: bool = True, ids=None):
+    """(view1, view2) of uint8 images with the two views' configs.
+
+    ``ids`` (the examples' global indices): per-example keys
+    ``example_keys(key, ids, 1 | 2)``, so the views do not depend on where
+    or beside which other examples an example is computed.
+    """
     aug = data_config.augment
+    if ids is not None:
+        return tuple(view(images, None, cfg, data_config, crop=crop,
+                          keys=example_keys(key, ids, k))
+                     for k, cfg in ((1, aug.view1), (2, aug.view2)))
+    k1, k2 = jax.random.split(key)
     return (view(images, k1, aug.view1, data_config, crop=crop),
             view(images, k2, aug.view2, data_config, crop=crop))
 

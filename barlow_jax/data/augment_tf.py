@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import math
 
-import tensorflow as tf
+from barlow_jax.data.tensorflow_env import import_tensorflow
+
+tf = import_tensorflow()  # quiet, and hidden from the GPUs
 
 from barlow_jax.data.augment_jax import (CROP_ATTEMPTS, CROP_UNIFORMS, IMAGENET_MEAN,
                                          IMAGENET_STD, LUMA, PARAM_UNIFORMS, blur_kernel_size,
+                                         color_ops_name,
                                          factor_range)
 
 
@@ -169,7 +172,36 @@ def adjust_hue(x, f):
 JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
-def color_jitter(x, factors, order, active=(True, True, True, True), apply=None):
+def adjust_contrast_per_channel(x, f):
+    """tf.image.adjust_contrast / BYOL: each channel about its own spatial mean, f [B]."""
+    mean = tf.reduce_mean(x, axis=[-3, -2], keepdims=True)
+    return tf.clip_by_value(_b(f) * (x - mean) + mean, 0.0, 1.0)
+
+
+def adjust_saturation_hsv(x, f):
+    """tf.image.adjust_saturation: S <- clip(S * f, 0, 1) in HSV, f [B]."""
+    hsv = tf.image.rgb_to_hsv(x)
+    s = tf.clip_by_value(hsv[..., 1] * tf.reshape(f, [-1, 1, 1]), 0.0, 1.0)
+    return tf.clip_by_value(tf.image.hsv_to_rgb(tf.stack([hsv[..., 0], s, hsv[..., 2]], -1)),
+                            0.0, 1.0)
+
+
+def adjust_brightness_additive(x, f):
+    """BYOL: x + delta, delta = f - 1 ~ U(-b, b), f [B]."""
+    return tf.clip_by_value(x + _b(f - 1.0), 0.0, 1.0)
+
+
+# The colour semantics of ``view_config.color_ops`` (augment_jax.COLOR_OPS documents them).
+COLOR_OPS = {
+    "torchvision": JITTER_OPS,
+    "tf": (adjust_brightness, adjust_contrast_per_channel, adjust_saturation_hsv, adjust_hue),
+    "byol": (adjust_brightness_additive, adjust_contrast_per_channel, adjust_saturation_hsv,
+             adjust_hue),
+}
+
+
+def color_jitter(x, factors, order, active=(True, True, True, True), apply=None,
+                 ops: str = "torchvision"):
     """Batch [B,S,S,3]: at position i each example applies op ``order[b, i]`` with
     ``factors[b, order[b, i]]`` (torchvision ColorJitter's random order).
 
@@ -185,7 +217,8 @@ def color_jitter(x, factors, order, active=(True, True, True, True), apply=None)
         op = order[:, i] if apply is None else tf.where(apply, order[:, i], skip)
         xs = tf.dynamic_partition(x, op, 5)
         fs = tf.dynamic_partition(factors, op, 5)
-        outs = [JITTER_OPS[j](xs[j], fs[j][:, j]) if active[j] else xs[j] for j in range(4)]
+        outs = [COLOR_OPS[ops][j](xs[j], fs[j][:, j]) if active[j] else xs[j]
+                for j in range(4)]
         x = tf.dynamic_stitch(tf.dynamic_partition(ids, op, 5), outs + [xs[4]])
     return x
 
@@ -235,7 +268,8 @@ def color_batch(x, params, view_config):
     v = view_config
     if v.jitter_prob > 0:
         active = (v.brightness > 0, v.contrast > 0, v.saturation > 0, v.hue > 0)
-        x = color_jitter(x, params["factors"], params["order"], active, params["jitter"])
+        x = color_jitter(x, params["factors"], params["order"], active, params["jitter"],
+                         color_ops_name(v))
     if v.grayscale_prob > 0:
         x = _on_subset(x, params["gray"], lambda y, _: tf.tile(grayscale(y), [1, 1, 1, 3]))
     if v.blur_prob > 0:

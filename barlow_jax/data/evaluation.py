@@ -3,7 +3,8 @@
 Transforms follow Barlow Twins' ``evaluate.py`` (torchvision defaults, i.e.
 bilinear interpolation):
 
-* ``mode='test'``: ``Resize(round(S * 256 / 224))`` + ``CenterCrop(S)`` for
+* ``mode='test'``: ``Resize(round(S * 256 / 224))`` (torchvision's, long side
+  truncated: ``resize_shorter_size``) + ``CenterCrop(S)`` for
   S = ``config.data.image_size`` > 64; for small-image recipes (S <= 64, e.g.
   CIFAR at 32) the resize is to S itself, the identity on S x S images.
 * ``mode='train'``: ``RandomResizedCrop(S)`` (scale (0.08, 1), ratio (3/4, 4/3))
@@ -63,10 +64,31 @@ def crop_box(rng: np.random.Generator, height: int, width: int,
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def resize_shorter_size(height: int, width: int, shorter: int):
+    """(h, w) of torchvision ``Resize(shorter)``: the long side is TRUNCATED, int(shorter * long / short).
+
+    torchvision ``_compute_resized_output_size``; rounding instead moves half
+    of non-square images by one pixel (docs/methods.md).
+    """
+    short, long = min(height, width), max(height, width)
+    new_short, new_long = shorter, int(shorter * long / short)
+    return (new_short, new_long) if height <= width else (new_long, new_short)
+
+
+def resize_center_crop(image: np.ndarray, shorter: int, crop: int) -> np.ndarray:
+    """torchvision ``Resize(shorter)`` (bilinear, PIL) + ``CenterCrop(crop)``."""
+    h, w = image.shape[:2]
+    if min(h, w) != shorter:
+        h, w = resize_shorter_size(h, w, shorter)
+        image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+    return image[top:top + crop, left:left + crop]
+
+
 def transform(image: np.ndarray, size: int, mode: str, rng=None) -> np.ndarray:
     """uint8 [H,W,3] -> uint8 [size,size,3] with the ``mode`` transform (module doc)."""
     if mode == "test":
-        return folder.resize_center_crop(image, eval_resize(size), size, Image.BILINEAR)
+        return resize_center_crop(image, eval_resize(size), size)
     top, left, h, w = crop_box(rng, *image.shape[:2])
     out = Image.fromarray(image).crop((left, top, left + w, top + h))
     out = np.asarray(out.resize((size, size), Image.BILINEAR))
@@ -131,7 +153,8 @@ def eval_batches(data_config, split: str, *, batch_size: int, mode: str = "test"
 
 
 def _tfds_batches(data_config, split, batch_size, mode, seed, epoch, pi, pc):
-    ds = tfds_dataset(data_config, split, decode=True).shard(pc, pi)
+    from barlow_jax.data.sources import tfds_process_split
+    ds = tfds_dataset(data_config, tfds_process_split(split, pi, pc), decode=True)
     if mode == "train":
         ds = ds.shuffle(data_config.shuffle_buffer, seed=epoch_seed(seed, epoch))
     images, labels = [], []

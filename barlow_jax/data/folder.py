@@ -3,7 +3,9 @@
 ``config.data.path`` is a directory or a ``.tar`` / ``.tar.gz`` of such a
 tree; the split folder may sit anywhere in the top three levels (the CIFAR-10
 archive holds ``CIFAR-10-images/train``). Class index = position of the class
-folder's name in sorted order.
+folder's name in sorted order. A split without class subfolders whose images
+lie directly in it (``<root>/<split>/*.jpg``) is unlabeled: every label is -1
+(self-supervised training only; kNN and probes need a labelled split).
 
 Everything expensive happens once and is kept in the cache directory
 (``config.data.cache_dir``, '' = ``~/.cache/barlow_jax``):
@@ -16,10 +18,13 @@ Everything expensive happens once and is kept in the cache directory
   counted) and the files converted to RGB PNG because they are neither RGB
   nor grayscale JPEG/PNG (palette, RGBA, CMYK, 16-bit, ...), so that PIL and
   TensorFlow decode every indexed file to the same RGB pixels. The index is
-  rebuilt when the split or class folders' modification times change.
+  rebuilt when the split or class folders' modification times change, or when
+  any image's size or modification time does (an image replaced in place).
 * ``converted/<key>/``: those RGB copies.
-* ``decoded/<key>-<HxW>.npy``: the split decoded to one uint8 array, for
-  in-memory uses (placement 'device', ``load_eval_arrays``).
+* ``decoded/<key>-<files>-<HxW>.npy``: the split decoded to one uint8 array,
+  for in-memory uses (placement 'device', ``load_eval_arrays``); ``<files>``
+  is the digest of the images' sizes and times, so edited images get a new
+  copy (older ones are deleted).
 
 Nothing here imports TensorFlow.
 """
@@ -34,13 +39,15 @@ import os
 import shutil
 import socket
 import tarfile
-import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
 import numpy as np
 from PIL import Image
+
+from barlow_jax.progress import Progress
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _INDEX_VERSION = 1
@@ -58,6 +65,7 @@ class FolderIndex:
     sizes: np.ndarray                      # [N, 2] (height, width)
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (path, reason)
     key: str = ""
+    content: str = ""                      # digest of the files' sizes and times
 
     @property
     def num_examples(self) -> int:
@@ -107,22 +115,42 @@ def materialize(path: str, cache: str) -> str:
     _remove_stale_partials(parent, os.path.basename(dest))
     tmp = os.path.join(parent, f".{os.path.basename(dest)}.partial-{socket.gethostname()}-"
                                f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    log.warning("Extracting %s into %s (once; later runs reuse it).", path, dest)
-    start = time.time()
     try:
-        with tarfile.open(path) as archive:
-            archive.extractall(tmp, filter="data")
+        _extract(path, tmp, parent)
         os.rename(tmp, dest)
-    except OSError:
+    except (tarfile.TarError, EOFError, zlib.error) as e:  # truncated or corrupt archive
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(f"config.data.path={path} is a damaged archive ({type(e).__name__}: "
+                         f"{e}; it may be truncated); download or copy it again, or extract "
+                         f"it yourself and set config.data.path to the folder.") from None
+    except OSError as e:
         if not os.path.isdir(dest):
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            raise ValueError(f"Could not extract {path} into {parent} ({e.strerror or e}); "
+                             f"free space there or set config.data.cache_dir to a directory "
+                             f"with room.") from None
         shutil.rmtree(tmp, ignore_errors=True)   # another process finished first
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.warning("Extracted %s in %.1f s.", path, time.time() - start)
     return dest
+
+
+def _extract(path: str, tmp: str, parent: str) -> None:
+    """Extracts the archive member by member, with progress in compressed bytes read."""
+    total = os.path.getsize(path)
+    mib = 2 ** 20
+    with open(path, "rb") as raw, tarfile.open(fileobj=raw) as archive, Progress(
+            f"Extracting {path} (once, into {parent})", total=total // mib,
+            unit="MiB") as progress:
+
+        def members():  # read lazily while extractall extracts: progress = bytes read
+            for member in archive:
+                progress.update(raw.tell() // mib - progress.done_count)
+                yield member
+
+        archive.extractall(tmp, members=members(), filter="data")
+        progress.update(total // mib - progress.done_count)
 
 
 def _remove_stale_partials(parent: str, base: str) -> None:
@@ -167,19 +195,43 @@ def _signature(split_dir: str, classes: List[str]) -> list:
         [c, os.stat(os.path.join(split_dir, c)).st_mtime_ns] for c in classes]
 
 
+def _files_digest(split_dir: str, classes: List[str]) -> str:
+    """Digest of every image's (path, size, mtime): an image replaced in place changes it.
+
+    Folder times alone miss a file rewritten under the same name. One stat per
+    file (a few seconds for ImageNet's 1.28 M files on a local disk).
+    """
+    h = hashlib.sha1()
+    for c in classes:
+        for dirpath, dirnames, filenames in os.walk(os.path.join(split_dir, c)):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for f in sorted(filenames):
+                if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
+                    st = os.stat(os.path.join(dirpath, f))
+                    h.update(f"{dirpath}/{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def _list_classes(split_dir: str) -> List[str]:
+    """Sorted class folder names; [] for an unlabeled split (images directly in it)."""
     classes = sorted(e for e in os.listdir(split_dir)
                      if not e.startswith(".") and os.path.isdir(os.path.join(split_dir, e)))
-    if not classes:
-        raise ValueError(f"{split_dir} has no class subfolders; put the images in "
-                         f"{split_dir}/<class>/ (one folder per class).")
+    if not classes and not any(not e.startswith(".") and e.lower().endswith(IMAGE_EXTENSIONS)
+                               for e in os.listdir(split_dir)):
+        raise ValueError(f"{split_dir} has no class subfolders and no images; put the images "
+                         f"in {split_dir}/<class>/ (one folder per class), or directly in "
+                         f"{split_dir}/ for unlabeled training.")
     return classes
 
 
 def _list_files(split_dir: str, classes: List[str]):
     paths, labels = [], []
-    for label, c in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(os.path.join(split_dir, c)):
+    # No class folders: the images directly in the split, label -1 (unlabeled).
+    folders = list(enumerate(classes)) if classes else [(-1, None)]
+    for label, c in folders:
+        for dirpath, dirnames, filenames in os.walk(os.path.join(split_dir, c or "")):
+            if c is None:
+                dirnames[:] = []
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for f in sorted(filenames):
                 if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
@@ -223,15 +275,24 @@ def index_split(data_config, split: str) -> FolderIndex:
     key = _digest(split_dir)
     index_file = os.path.join(cache, "index", f"{key}.json")
     signature = _signature(split_dir, classes)
+    files = _files_digest(split_dir, classes)
     cached = None
     if os.path.exists(index_file):
-        with open(index_file) as f:
-            cached = json.load(f)
+        try:
+            with open(index_file) as f:
+                cached = json.load(f)
+        except (OSError, ValueError):
+            cached = {}  # torn or unreadable: rebuilt below
         if cached.get("version") != _INDEX_VERSION or cached.get("signature") != signature:
+            cached = None
+        elif cached.get("files") != files:
+            log.warning("Images under %s changed since %s was built (size or modification "
+                        "time); rebuilding the index and the decoded copies.", split_dir,
+                        index_file)
             cached = None
     if cached is None:
         cached = _build_index(split_dir, classes, cache, key)
-        cached.update(version=_INDEX_VERSION, signature=signature)
+        cached.update(version=_INDEX_VERSION, signature=signature, files=files)
         _atomic_json(index_file, cached)
     skipped = [(os.path.join(split_dir, p), r) for p, r in cached["bad"]]
     _warn_skipped(skipped, index_file)
@@ -240,17 +301,20 @@ def index_split(data_config, split: str) -> FolderIndex:
                        paths=np.asarray(paths, dtype=object),
                        labels=np.asarray(cached["labels"], np.int32),
                        sizes=np.asarray(cached["sizes"], np.int32).reshape(-1, 2),
-                       skipped=skipped, key=key)
+                       skipped=skipped, key=key, content=files)
 
 
 def _build_index(split_dir: str, classes: List[str], cache: str, key: str) -> dict:
     rel, labels = _list_files(split_dir, classes)
-    log.warning("Indexing %d images in %s (checking each once with PIL)...", len(rel), split_dir)
-    start = time.time()
     workers = min(32, os.cpu_count() or 1)
+    progress = Progress(f"Indexing {split_dir} (once, each image checked with PIL)",
+                        total=len(rel), unit="images")
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        checks = list(pool.map(_check_image, (os.path.join(split_dir, p) for p in rel),
-                               chunksize=256))
+        checks = []
+        for check in pool.map(_check_image, (os.path.join(split_dir, p) for p in rel),
+                              chunksize=256):
+            checks.append(check)
+            progress.update()
     out = {"paths": [], "labels": [], "sizes": [], "bad": []}
     conv_dir = os.path.join(cache, "converted", key)
     for i, (p, label, (status, detail, size)) in enumerate(zip(rel, labels, checks)):
@@ -268,9 +332,8 @@ def _build_index(split_dir: str, classes: List[str], cache: str, key: str) -> di
     if not out["paths"]:
         raise ValueError(f"None of the {len(rel)} images under {split_dir} could be decoded; "
                          f"check the files.")
-    log.warning("Indexed %s: %d images, %d skipped, %d converted to RGB, in %.1f s.",
-                split_dir, len(out["paths"]), len(out["bad"]),
-                sum(c[0] == "convert" for c in checks), time.time() - start)
+    progress.close(f"{len(out['paths'])} indexed, {len(out['bad'])} skipped, "
+                   f"{sum(c[0] == 'convert' for c in checks)} converted to RGB")
     return out
 
 
@@ -318,8 +381,10 @@ def decoded_arrays(data_config, split: str, index: FolderIndex = None):
         h = w = fit
         log.warning("%s holds images of %d different sizes; in-memory copies are resized "
                     "and centre-cropped to %dx%d.", index.split_dir, len(sizes), fit, fit)
-    base = os.path.join(cache_root(data_config), "decoded", f"{index.key}-{h}x{w}")
+    name = f"{index.key}-{index.content}-{h}x{w}" if index.content else f"{index.key}-{h}x{w}"
+    base = os.path.join(cache_root(data_config), "decoded", name)
     if not (os.path.exists(base + ".npy") and os.path.exists(base + ".labels.npy")):
+        _remove_stale_decoded(os.path.dirname(base), index.key, name)
         _decode_all(index, base, (h, w), fit)
     images = np.load(base + ".npy", mmap_mode="r")
     labels = np.load(base + ".labels.npy")
@@ -329,12 +394,21 @@ def decoded_arrays(data_config, split: str, index: FolderIndex = None):
     return images, labels
 
 
+def _remove_stale_decoded(folder: str, key: str, keep: str) -> None:
+    """Deletes decoded copies of this split made from older versions of its files."""
+    if not os.path.isdir(folder):
+        return
+    for entry in os.listdir(folder):
+        if entry.startswith(f"{key}-") and not entry.startswith(keep) and ".tmp" not in entry:
+            try:
+                os.remove(os.path.join(folder, entry))
+            except OSError:
+                pass
+
+
 def _decode_all(index: FolderIndex, base: str, hw, fit) -> None:
     os.makedirs(os.path.dirname(base), exist_ok=True)
     tmp = f"{base}.{uuid.uuid4().hex}.tmp.npy"
-    log.warning("Decoding %d images of %s into %s.npy (once)...",
-                index.num_examples, index.split_dir, base)
-    start = time.time()
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                     shape=(index.num_examples, *hw, 3))
 
@@ -343,10 +417,12 @@ def _decode_all(index: FolderIndex, base: str, hw, fit) -> None:
         out[i] = image if fit is None else resize_center_crop(image, fit, fit)
 
     workers = min(32, os.cpu_count() or 1)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        list(pool.map(load, range(index.num_examples), chunksize=256))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool, Progress(
+            f"Decoding {index.split_dir} (once, into {os.path.dirname(base)})", total=index.num_examples,
+            unit="images") as progress:
+        for _ in pool.map(load, range(index.num_examples), chunksize=256):
+            progress.update()
     out.flush()
     del out
     np.save(base + ".labels.npy", index.labels)
     os.replace(tmp, base + ".npy")
-    log.warning("Decoded in %.1f s.", time.time() - start)

@@ -7,8 +7,8 @@ Placements (``config.data.placement``):
 * ``split``: tf.data decodes, crops and flips (uint8 ``{'view1', 'view2'}``);
   ``make_views`` does colour, grayscale, blur, solarize and normalisation in
   JAX with per-example randomness from the step's key.
-* ``device``: the uint8 dataset lives on the devices (sharded ``P('data')``);
-  a batch is ``{'idx'}`` (indices into each device's shard) and ``make_views``
+* ``device``: the uint8 dataset lives on every device (a replica each);
+  a batch is ``{'idx'}`` (global example indices) and ``make_views``
   does every op, the crop included.
 * ``auto``: ``device`` when JAX's default backend is not the CPU, else ``host``.
 
@@ -20,12 +20,19 @@ its devices hold. Example i's augmentation is seeded by (seed, e, i). A
 pipeline started at step k therefore yields exactly what an uninterrupted one
 yields at step k, decodes nothing it skips, and the global batch does not
 depend on the number of processes. TFDS streams instead: each process reads
-the split's shard ``p::P`` through a shuffle buffer seeded by (seed, e), and a
-resume skips (without decoding) the examples already used in the epoch.
+only its slice of the split (``tfds.even_splits``, P slices) through a
+shuffle buffer seeded by (seed, e), and a resume skips (without decoding)
+the examples already used in the epoch. So a TFDS run is deterministic and
+resumable for a given process count, but its batches depend on P.
 
-Placement ``device``: device d of D holds a fixed random 1/D of the dataset
-and, in epoch e, visits it in the order ``permutation(seed, e, d)``; the view
-randomness comes from the step key, which the trainer derives from the step.
+Placement ``device``: every device holds the whole uint8 dataset and step k
+takes the same global positions of ``permutation(seed, e)`` as above; device d
+gathers its rows. View randomness (placements ``split`` and ``device``) is
+per example: ``augment_jax.example_keys(step_key, example index, view)``,
+with the step key a function of (seed, k). So for every placement the global
+batch of step k and each example's views depend on (config, seed, k) only,
+not on the number of devices or processes, and a resume on another device
+count continues the same run (tests/test_placement_independence.py).
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from barlow_jax.data import augment_jax
-from barlow_jax.data.sources import IndexedSource, open_source, tfds_dataset
+from barlow_jax.data.sources import (IndexedSource, open_source, tfds_dataset,
+                                     tfds_process_split, tfds_slice_start)
 
 PLACEMENTS = ("host", "split", "device", "auto")
 log = logging.getLogger(__name__)
@@ -120,7 +128,8 @@ class HostPipeline(_Pipeline):
 
     def __init__(self, data_config, placement: str, *, global_batch_size: int, seed: int,
                  mesh, start_step: int = 0, process_index=None, process_count=None):
-        import tensorflow as tf
+        from barlow_jax.data.tensorflow_env import import_tensorflow
+        tf = import_tensorflow()
         from barlow_jax.data import augment_tf
         self._tf, self._atf = tf, augment_tf
         self.data_config = data_config
@@ -144,7 +153,8 @@ class HostPipeline(_Pipeline):
             self.steps_per_epoch = per_process // local_batch
             if self.steps_per_epoch == 0:
                 raise _too_small(source.num_examples, global_batch_size, "examples")
-            examples = self._streamed(seed, pi, pc, local_batch, start_step)
+            examples = self._streamed(seed, pi, pc, local_batch, start_step,
+                                     source.num_examples)
         self.num_examples = self.steps_per_epoch * global_batch_size
         ds = examples.map(self._crops, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(local_batch, drop_remainder=True)
@@ -193,10 +203,16 @@ class HostPipeline(_Pipeline):
         return self._decoded(ds.map(lambda s, i: (
             s, i, tf.io.read_file(tf.gather(paths, i)), tf.gather(labels, i))))
 
-    def _streamed(self, seed, pi, pc, local_batch, start_step):
-        """TFDS: this process's shard through a per-epoch seeded shuffle buffer."""
+    def _streamed(self, seed, pi, pc, local_batch, start_step, n):
+        """TFDS: this process's slice through a per-epoch seeded shuffle buffer.
+
+        The process reads only its slice (``tfds.even_splits``); each example
+        keeps its index in the whole split (slice start + position).
+        """
         tf, dc = self._tf, self.data_config
-        base = tfds_dataset(dc, dc.split, decode=False).shard(pc, pi)
+        offset = tfds_slice_start(n, pi, pc)
+        base = tfds_dataset(dc, tfds_process_split(dc.split, pi, pc), decode=False)
+        base = base.enumerate().map(lambda j, ex: (j + offset, ex))
         per_epoch = self.steps_per_epoch * local_batch
         start_epoch, first = divmod(start_step, self.steps_per_epoch)
 
@@ -207,8 +223,8 @@ class HostPipeline(_Pipeline):
         spec = (tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.int64))
 
         def one_epoch(s, skip):
-            ds = base.shuffle(dc.shuffle_buffer, seed=s).take(per_epoch).enumerate().skip(skip)
-            return ds.map(lambda pos, ex: (s, pos * pc + pi, ex[0], ex[1]))
+            ds = base.shuffle(dc.shuffle_buffer, seed=s).take(per_epoch).skip(skip)
+            return ds.map(lambda i, ex: (s, i, ex[0], ex[1]))
 
         epochs_ds = tf.data.Dataset.from_generator(epochs, output_signature=spec)
         return self._decoded(epochs_ds.flat_map(one_epoch))
@@ -219,6 +235,8 @@ class HostPipeline(_Pipeline):
         tf, size, aug = self._tf, self.data_config.image_size, self.data_config.augment
         seeds = tf.random.experimental.stateless_split(tf.stack([s, i]), 2)
         out = {"label": label}
+        if self.placement == "split":   # the colour ops' per-example keys (make_views)
+            out["index"] = tf.cast(i, tf.int32)
         for k, (seed, cfg) in enumerate(((seeds[0], aug.view1), (seeds[1], aug.view2)), 1):
             if self.placement == "split":
                 out[f"view{k}"] = self._atf.crop_and_flip_uint8(image, seed, cfg, size)
@@ -247,10 +265,10 @@ class HostPipeline(_Pipeline):
     def make_views(self, batch, device_data, key):
         if self.placement == "host":
             return batch["view1"], batch["view2"]
-        k1, k2 = jax.random.split(key)
         aug = self.data_config.augment
-        return (augment_jax.view(batch["view1"], k1, aug.view1, self.data_config, crop=False),
-                augment_jax.view(batch["view2"], k2, aug.view2, self.data_config, crop=False))
+        return tuple(augment_jax.view(batch[f"view{k}"], None, cfg, self.data_config, crop=False,
+                                      keys=augment_jax.example_keys(key, batch["index"], k))
+                     for k, cfg in ((1, aug.view1), (2, aug.view2)))
 
     def close(self):
         self._iterator = None
@@ -259,12 +277,18 @@ class HostPipeline(_Pipeline):
 # ----------------------------------------------------------------- device
 
 class DevicePipeline(_Pipeline):
-    """The whole uint8 dataset lives on the devices; every step is a gather.
+    """The whole uint8 dataset on every device; every step is a gather.
 
-    Device d holds rows ``layout[d*L:(d+1)*L]`` of the dataset (a random 1/D,
-    fixed by the seed) and draws its part of step k's batch from them in the
-    per-epoch order ``permutation(seed, epoch, d)``. Each process fills only its
-    own devices (``make_array_from_callback``), so it reads only their rows.
+    ``device_data['images']`` has shape [D, N, H, W, 3] sharded ``P('data')``:
+    device d's block is the whole dataset (a replica, not a copy on the host:
+    each process fills only its own devices with ``make_array_from_callback``),
+    so under ``shard_map`` each device sees [1, N, ...] and gathers any row.
+    Step k = e * steps_per_epoch + j takes positions [j*B, (j+1)*B) of
+    ``permutation(seed, e)`` of the N examples (the global batch, a function
+    of (seed, k) only); device d gathers its rows of it. The views' keys come
+    from (step key, example index): nothing depends on D or the processes.
+    The index arrays of an epoch are placed on the devices once, at its first
+    step (one transfer per epoch; none per step).
     """
 
     placement = "device"
@@ -272,62 +296,53 @@ class DevicePipeline(_Pipeline):
     def __init__(self, source: IndexedSource, data_config, *, global_batch_size: int,
                  seed: int, mesh, start_step: int = 0):
         n_dev = _check_batch(global_batch_size, mesh, jax.process_count())
-        images, labels = source.images, source.labels
+        images, labels = source.images, np.asarray(source.labels)
         self.skipped = source.skipped
         self.data_config = data_config
         self.sharding = NamedSharding(mesh, P("data"))
-        self.local_n = len(images) // n_dev
-        self.local_batch = global_batch_size // n_dev
-        self.steps_per_epoch = self.local_n // self.local_batch
+        self.n = len(images)
+        self.steps_per_epoch = self.n // global_batch_size
         if self.steps_per_epoch == 0:
-            raise _too_small(len(images), global_batch_size, "images")
+            raise _too_small(self.n, global_batch_size, "images")
         self.num_examples = self.steps_per_epoch * global_batch_size
         self.global_batch = global_batch_size
         self.seed, self.step = seed, start_step
-        n = self.local_n * n_dev
-        assign = np.random.default_rng([seed]).permutation(len(images))[:n]
-        layout = np.sort(assign.reshape(n_dev, self.local_n), axis=1).reshape(-1)
-
-        def rows(index):
-            return layout[index[0]]
-
+        log.info("placement 'device': %.1f MiB of uint8 images on each of %d devices",
+                 images.nbytes / 2 ** 20, n_dev)
         self.device_data = {
             "images": jax.make_array_from_callback(
-                (n, *images.shape[1:]), self.sharding, lambda ix: np.asarray(images[rows(ix)])),
+                (n_dev, *images.shape), self.sharding, lambda ix: images[None]),
             "labels": jax.make_array_from_callback(
-                (n,), self.sharding, lambda ix: np.asarray(labels)[rows(ix)]),
+                (n_dev, self.n), self.sharding, lambda ix: labels[None]),
         }
-        self._perms: Dict[int, np.ndarray] = {}
-        self._perm_epoch = None
-
-    def _device_indices(self, device: int, epoch: int, pos: int) -> np.ndarray:
-        if self._perm_epoch != epoch:
-            self._perms, self._perm_epoch = {}, epoch
-        if device not in self._perms:
-            self._perms[device] = np.random.default_rng(
-                [self.seed, epoch, device]).permutation(self.local_n).astype(np.int32)
-        b = self.local_batch
-        return self._perms[device][pos * b:(pos + 1) * b]
+        self._epoch, self._epoch_batches = None, []
 
     def indices(self, step: int) -> np.ndarray:
-        """The global idx array of ``step`` (all devices; for tests and tools)."""
+        """The global idx array of ``step`` (example indices of its batch, in order)."""
         epoch, pos = divmod(step, self.steps_per_epoch)
-        return np.concatenate([self._device_indices(d, epoch, pos)
-                               for d in range(self.global_batch // self.local_batch)])
+        b = self.global_batch
+        return epoch_permutation(self.seed, epoch, self.n)[pos * b:(pos + 1) * b].astype(np.int32)
+
+    def _load_epoch(self, epoch: int, first: int):
+        b = self.global_batch
+        order = epoch_permutation(self.seed, epoch, self.n).astype(np.int32)
+        rows = [order[pos * b:(pos + 1) * b] for pos in range(first, self.steps_per_epoch)]
+        self._epoch_batches = [
+            jax.make_array_from_callback((b,), self.sharding, lambda ix, r=r: r[ix])
+            for r in rows]
+        self._epoch_batches.reverse()   # pop() from the end
+        self._epoch = epoch
 
     def __next__(self):
         epoch, pos = divmod(self.step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._load_epoch(epoch, pos)
         self.step += 1
-
-        def part(index):
-            start = index[0].start or 0
-            return self._device_indices(start // self.local_batch, epoch, pos)
-
-        return {"idx": jax.make_array_from_callback((self.global_batch,), self.sharding, part)}
+        return {"idx": self._epoch_batches.pop()}
 
     def make_views(self, batch, device_data, key):
-        images = device_data["images"][batch["idx"]]
-        return augment_jax.two_views(images, key, self.data_config, crop=True)
+        images = device_data["images"][0][batch["idx"]]
+        return augment_jax.two_views(images, key, self.data_config, crop=True, ids=batch["idx"])
 
 
 def create_pipeline(data_config, *, global_batch_size: int, seed: int, mesh,

@@ -66,7 +66,8 @@ def make_views(data_config, images: np.ndarray, seed: int):
         if placement == "device":
             v = augment_jax.view(jnp.asarray(images), key, cfg, data_config)
         else:
-            import tensorflow as tf
+            from barlow_jax.data.tensorflow_env import import_tensorflow
+            tf = import_tensorflow()
             from barlow_jax.data import augment_tf
             seeds = [tf.constant([seed, 2 * i + k], tf.int64) for i in range(len(images))]
             if placement == "host":

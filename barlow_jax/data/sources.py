@@ -145,7 +145,8 @@ def num_examples(data_config, split: str) -> int:
 
 def tfds_dataset(data_config, split: str, decode: bool):
     """tf.data of (image, label): uint8 [H,W,3] if ``decode`` else the encoded bytes."""
-    import tensorflow as tf
+    from barlow_jax.data.tensorflow_env import import_tensorflow
+    tf = import_tensorflow()
     import tensorflow_datasets as tfds
     if not data_config.get("tfds_name"):
         raise ValueError("config.data.tfds_name is empty; set it (e.g. 'cifar10') for "
@@ -168,6 +169,22 @@ def tfds_dataset(data_config, split: str, decode: bool):
         return image, tf.cast(ex["label"], tf.int32)
 
     return ds.map(pick)
+
+
+def tfds_process_split(split: str, process_index: int, process_count: int):
+    """This process's slice of ``split`` (``tfds.even_splits``: the first N mod P slices
+    have one example more), so each host reads only its own records."""
+    if process_count == 1:
+        return split
+    from barlow_jax.data.tensorflow_env import import_tensorflow
+    import_tensorflow()
+    import tensorflow_datasets as tfds
+    return tfds.even_splits(split, n=process_count)[process_index]
+
+
+def tfds_slice_start(n: int, process_index: int, process_count: int) -> int:
+    """Index in ``split`` of the first example of ``tfds_process_split``'s slice."""
+    return process_index * (n // process_count) + min(process_index, n % process_count)
 
 
 def tfds_num_examples(data_config, split: str) -> int:

@@ -103,6 +103,16 @@ def _held_arrays(data_config, split: str):
     return images, labels
 
 
+def require_labels(labels, split: str) -> None:
+    """One sentence when a split has no class labels (label -1: an unlabeled folder)."""
+    if len(labels) and int(np.min(labels)) < 0:
+        raise ValueError(f"Split {split!r} has no class labels (an unlabeled folder); kNN, "
+                         f"linear probes and the online probe need a labelled split: put its "
+                         f"images in <split>/<class>/ folders, or point config.data.split / "
+                         f"eval_split (kNN train set: config.eval.knn_train_split) at "
+                         f"labelled splits.")
+
+
 def load_labelled(data_config, split: str, *, max_examples: int = 0, seed: int = 0,
                   batch_size: int = 256, indices: Optional[np.ndarray] = None) -> LabelledSet:
     """A labelled split (or a seeded random subset of it) as uint8 images.
@@ -121,6 +131,7 @@ def load_labelled(data_config, split: str, *, max_examples: int = 0, seed: int =
         raise ValueError(f"Split {split!r} of config.data is empty; point config.data at a "
                          f"labelled split.")
     if held is not None:
+        require_labels(held[1], split)
         return LabelledSet(np.asarray(held[0][indices]), np.asarray(held[1][indices], np.int32))
     images, labels, pos = [], [], 0
     last = int(indices[-1])
@@ -137,6 +148,7 @@ def load_labelled(data_config, split: str, *, max_examples: int = 0, seed: int =
     if sum(len(x) for x in labels) != len(indices):
         raise ValueError(f"Split {split!r} yielded {pos} examples, fewer than the {n} that "
                          f"num_examples reports; rebuild the data cache (config.data.cache_dir).")
+    require_labels(np.concatenate(labels), split)
     return LabelledSet(np.concatenate(images), np.concatenate(labels))
 
 
@@ -240,8 +252,10 @@ class Embedder:
         images; subsets and small held arrays go through ``load_labelled``.
         """
         if max_examples <= 0 and _held_arrays(data_config, split) is None:
-            return self.features_of_batches(
+            out = self.features_of_batches(
                 variables, eval_stream(data_config, split, batch_size=self.batch_size))
+            require_labels(out.labels, split)
+            return out
         data = load_labelled(data_config, split, max_examples=max_examples, seed=seed,
                              batch_size=self.batch_size)
         return LabelledSet(self.features(variables, data.images), data.labels)

@@ -38,6 +38,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from barlow_jax.eval import features as feats_lib
+from barlow_jax.progress import Progress
 
 AXIS = "data"
 TOPK_CLASSES = 5
@@ -168,8 +169,9 @@ class KnnMonitor:
         self.mesh = mesh
         self.k = int(ec.knn_k)
         self.temperature = float(ec.knn_temperature)
+        self.train_split = ec.get("knn_train_split", "") or dc.split
         self.train_set = feats_lib.load_labelled(
-            dc, dc.split, max_examples=int(ec.knn_train_examples), seed=int(config.seed),
+            dc, self.train_split, max_examples=int(ec.knn_train_examples), seed=int(config.seed),
             batch_size=int(ec.batch_size))
         self.test_set = feats_lib.load_labelled(
             dc, dc.eval_split, max_examples=int(ec.knn_test_examples), seed=int(config.seed) + 1,
@@ -177,20 +179,49 @@ class KnnMonitor:
         labels_max = max(int(self.train_set.labels.max()), int(self.test_set.labels.max()))
         self.num_classes = max(int(dc.get("num_classes", 0) or 0), labels_max + 1)
         self.embedder = feats_lib.Embedder(config, mesh, batch_size=int(ec.batch_size))
+        self.progress_stream = None  # stdout; tests may redirect it
         seconds = time.perf_counter() - start
         mib = (self.train_set.images.nbytes + self.test_set.images.nbytes) / 2 ** 20
-        log(f"kNN monitor: {len(self.train_set.labels)} train images ({dc.split}) and "
+        log(f"kNN monitor: {len(self.train_set.labels)} train images ({self.train_split}) and "
             f"{len(self.test_set.labels)} test images ({dc.eval_split}), k={self.k}, "
             f"T={self.temperature}; loaded in {seconds:.1f}s, {mib:.0f} MiB host memory.")
 
-    def evaluate(self, variables) -> Dict[str, float]:
-        """variables = {'params': SSLNet params, 'batch_stats': SSLNet batch_stats}."""
+    def evaluate(self, variables, probe=None) -> Dict[str, float]:
+        """variables = {'params': SSLNet params, 'batch_stats': SSLNet batch_stats}.
+
+        ``probe``: the online linear probe ({'params', ...}, TrainState.probe) or None;
+        when given, its top-1 on the same test features is added as ``online_test_top1``.
+        """
         start = time.perf_counter()
-        train_f = self.embedder.features(variables, self.train_set.images)
-        test_f = self.embedder.features(variables, self.test_set.images)
+        train_f, test_f = self._features(variables)
         ranked = knn_predict(train_f, self.train_set.labels, test_f, k=self.k,
                              temperature=self.temperature, num_classes=self.num_classes,
                              mesh=self.mesh)
         acc = knn_accuracy(ranked, self.test_set.labels)
-        return {"knn_top1": acc["top1"], "knn_top5": acc["top5"],
-                "knn_seconds": time.perf_counter() - start}
+        out = {"knn_top1": acc["top1"], "knn_top5": acc["top5"]}
+        if probe is not None:
+            from barlow_jax.online_probe import test_top1
+            out["online_test_top1"] = test_top1(probe["params"], test_f, self.test_set.labels)
+        out["knn_seconds"] = time.perf_counter() - start
+        return out
+
+    def _features(self, variables):
+        """Features of the train and test sets, in slices so that progress can be shown.
+
+        Slices are whole multiples of the embedder's batch, so the result is the
+        one of a single ``features`` call (``Progress`` prints only when it takes
+        longer than a couple of seconds).
+        """
+        sets = (self.train_set.images, self.test_set.images)
+        total = sum(len(x) for x in sets)
+        step = self.embedder.batch_size * max(1, total // (20 * self.embedder.batch_size))
+        out = []
+        with Progress("kNN: embedding train + test images", total=total, unit="images",
+                      stream=self.progress_stream, summary=False) as progress:
+            for images in sets:
+                parts = []
+                for start in range(0, len(images), step):
+                    parts.append(self.embedder.features(variables, images[start:start + step]))
+                    progress.update(len(parts[-1]))
+                out.append(np.concatenate(parts))
+        return out

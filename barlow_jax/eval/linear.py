@@ -33,7 +33,6 @@ and final, the settings used), rewritten after every epoch.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Callable, Dict, Optional
 
@@ -161,7 +160,8 @@ def train_head_on_features(train_feats, train_labels, test_feats, test_labels, *
 
 
 def _train(*, linear, mesh, num_classes, directory, setup, log, test, train_feats=None,
-           train_images=None, stream=None, config=None, bvars=None) -> Dict:
+           train_images=None, stream=None, config=None, bvars=None,
+           on_epoch: Optional[Callable[[Dict], None]] = None) -> Dict:
     """Epoch loop shared by the three input modes; returns the results dict.
 
     Exactly one of ``train_feats`` (features, labels), ``train_images``
@@ -190,6 +190,7 @@ def _train(*, linear, mesh, num_classes, directory, setup, log, test, train_feat
         if bvars is not None:
             bvars = trainer.put_replicated(bvars)
         stop = int(linear.stop_after_epochs)
+        signal_stop = sup.StopOnSignal("linear probe", log).__enter__()
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
             lr = sup.cosine_lr(float(linear.lr), epoch, epochs)
@@ -199,6 +200,8 @@ def _train(*, linear, mesh, num_classes, directory, setup, log, test, train_feat
             if stream is not None:
                 b_pad = -(-bsz // n_dev) * n_dev
                 for i, batch in enumerate(stream(epoch)):
+                    if signal_stop.received:
+                        break
                     batch, mask = sup.pad_batch(batch, b_pad)
                     head, buf, loss = trainer.image_step(
                         head, buf, bvars, trainer.put_batch(batch["image"]),
@@ -210,6 +213,8 @@ def _train(*, linear, mesh, num_classes, directory, setup, log, test, train_feat
                 order = np.random.default_rng([seed, epoch]).permutation(len(labels))
                 epoch_key = jax.random.fold_in(jax.random.key(seed + 1), epoch)
                 for i, (idx, mask) in enumerate(sup.padded_batches(len(labels), bsz, n_dev, order)):
+                    if signal_stop.received:
+                        break
                     args = (trainer.put_batch(data[idx]), trainer.put_batch(labels[idx]),
                             trainer.put_batch(mask))
                     if train_feats is not None:
@@ -219,6 +224,8 @@ def _train(*, linear, mesh, num_classes, directory, setup, log, test, train_feat
                             jax.random.key_data(jax.random.fold_in(epoch_key, i)))
                         head, buf, loss = trainer.image_step(head, buf, bvars, *args, key, lr_dev)
                     losses.append((loss, float(mask.sum())))
+            if signal_stop.received:
+                break  # the unfinished epoch's updates are dropped
             state = {"head": head, "buf": buf}
             loss = float(sum(float(l) * n for l, n in losses) / max(sum(n for _, n in losses), 1.0))
             top1, top5 = trainer.evaluate(head, test_feats, test_labels)
@@ -228,16 +235,27 @@ def _train(*, linear, mesh, num_classes, directory, setup, log, test, train_feat
             best = max(h["top1"] for h in history)
             log(f"linear probe epoch {epoch + 1}/{epochs} | loss {loss:.4f} | lr {lr:.4g} | "
                 f"top1 {top1:.2f} | top5 {top5:.2f} | best top1 {best:.2f} | "
-                f"{record['seconds']:.1f}s")
+                f"{record['seconds']:.1f}s | {sup.eta_text(history, start, epochs)}")
             if ckpt is not None:
                 ckpt.save(epoch + 1, state, {"setup": setup, "history": history})
+            if on_epoch is not None:  # results so far, written after every epoch
+                on_epoch(dict(sup.summarize(history), epochs=history, setup=setup,
+                              complete=history[-1]["epoch"] == epochs))
             if stop and epoch + 1 - start >= stop and epoch + 1 < epochs:
                 break
     finally:
+        if "signal_stop" in locals():
+            signal_stop.__exit__(None, None, None)
         if ckpt is not None:
             ckpt.close()
+    if signal_stop.received:
+        done = history[-1]["epoch"] if history else 0
+        log(f"linear probe: stopped by {signal_stop.received} after epoch {done}/{epochs}"
+            + (f", saved in {ckpt.directory}; rerun the same command to resume." if ckpt
+               else "."))
     return dict(sup.summarize(history), epochs=history, setup=setup,
                 complete=bool(history) and history[-1]["epoch"] == epochs,
+                stopped_by=signal_stop.received,
                 head=jax.tree.map(np.asarray, state["head"]))
 
 
@@ -295,16 +313,20 @@ def run_linear_eval(workdir: str, linear=None, *, config=None, variables=None,
     setup = {"pretrain_step": None if pretrain_step is None else int(pretrain_step),
              "mode": mode, "train_split": train_split, "test_split": test_split,
              "num_train": n_train, "num_test": int(len(test.labels))}
+    from barlow_jax import paths  # the workdir may be gs://... (etils.epath)
+    json_path = paths.join(workdir, "linear_eval.json")
     result = _train(linear=linear, mesh=mesh, num_classes=num_classes,
-                    directory=os.path.join(workdir, "linear_eval"), setup=setup, log=log,
-                    test=(test.images, test.labels), **kwargs)
-    payload = {k: v for k, v in result.items() if k != "head"}
+                    directory=paths.join(workdir, "linear_eval"), setup=setup, log=log,
+                    test=(test.images, test.labels),
+                    on_epoch=lambda r: sup.write_json(json_path, dict(
+                        r, protocol=linear.to_dict())), **kwargs)
+    payload = {k: v for k, v in result.items() if k not in ("head", "stopped_by")}
     payload["protocol"] = linear.to_dict()
-    sup.write_json(os.path.join(workdir, "linear_eval.json"), payload)
+    sup.write_json(json_path, payload)
     if result["complete"]:
         log(f"linear probe done: final top1 {result['final']['top1']:.2f} "
             f"top5 {result['final']['top5']:.2f}, best top1 {result['best']['top1']:.2f}; "
-            f"{os.path.join(workdir, 'linear_eval.json')}")
+            f"{json_path}")
     return result
 
 

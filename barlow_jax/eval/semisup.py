@@ -6,8 +6,10 @@ Protocol (defaults, ``get_default_semisup_config``): the whole network
 (backbone of the pretraining checkpoint + a new linear layer, N(0, 0.01)
 weights, zero bias) is trained with cross-entropy for 20 epochs, batch 256,
 SGD momentum 0.9, weight decay 0, per-epoch cosine, two learning rates:
-head 0.5, backbone 0.002 at 1% (the official README command) and 0.005 at
-10% (FIELD_NOTES §5); ``--semisup.lr_backbone`` overrides both.
+head 0.5, backbone 0.005 at 1% (the current facebookresearch/barlowtwins
+README command, ``--train-perc 1 ... --lr-backbone 0.005``; the README before
+June 2021 said 0.002) and 0.005 at 10% (FIELD_NOTES §5);
+``--semisup.lr_backbone`` overrides both.
 
 BatchNorm (``--semisup.bn``): 'train' (default) as evaluate.py, which calls
 ``model.train()`` when fine-tuning: batch statistics and running-average
@@ -60,7 +62,7 @@ def get_default_semisup_config() -> ml_collections.ConfigDict:
         epochs=20,
         batch_size=256,
         lr_head=0.5,
-        lr_backbone=-1.0,        # -1: 0.002 at 1%, 0.005 at 10% (module doc)
+        lr_backbone=-1.0,        # -1: 0.005 at 1% and 10% (module doc)
         momentum=0.9,
         weight_decay=0.0,
         init_std=0.01,
@@ -80,7 +82,8 @@ def get_default_semisup_config() -> ml_collections.ConfigDict:
 
 
 def default_lr_backbone(fraction: float) -> float:
-    return 0.002 if fraction <= 0.01 else 0.005
+    del fraction   # the official README: 0.005 at 1%; FIELD_NOTES §5: 0.005 at 10%
+    return 0.005
 
 
 def balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -120,12 +123,19 @@ def subset_from_file(data_config, split: str, path: str, log=print) -> np.ndarra
 
 
 def split_labels(data_config, split: str) -> np.ndarray:
-    """All labels of a split, without decoding images where the source allows it."""
+    """All labels of a split, without decoding images where the source allows it.
+
+    An unlabeled folder split (labels -1) is refused in one sentence here,
+    before the class-balanced subset is drawn from it.
+    """
     if data_config.source == "folder":
         from barlow_jax.data import folder
-        return folder.index_split(data_config, split).labels
-    from barlow_jax import data as data_lib
-    return np.asarray(data_lib.load_eval_arrays(data_config, split)[1], np.int32)
+        labels = folder.index_split(data_config, split).labels
+    else:
+        from barlow_jax import data as data_lib
+        labels = np.asarray(data_lib.load_eval_arrays(data_config, split)[1], np.int32)
+    feats_lib.require_labels(labels, split)
+    return labels
 
 
 def subset_stream(data_config, split, indices, *, batch_size, seed, epoch):
@@ -325,10 +335,30 @@ def run_semisup(workdir: str, semisup=None, fraction: float = 0.01, *, config=No
              "batch_size": bsz, "lr_backbone": lr_backbone, "lr_head": float(semisup.lr_head),
              "weight_decay": float(semisup.weight_decay), "bn": str(semisup.bn), "seed": seed,
              "subset": subset_kind, "num_classes": num_classes}
-    ckpt = sup.EpochCheckpoints(os.path.join(workdir, f"semisup_{100 * fraction:g}pct"))
+    from barlow_jax import paths  # the workdir may be gs://... (etils.epath)
+    ckpt = sup.EpochCheckpoints(paths.join(workdir, f"semisup_{100 * fraction:g}pct"))
     history, start = [], 0
     n_dev = mesh.devices.size
     b_pad = -(-bsz // n_dev) * n_dev
+    path = paths.join(workdir, "semisup_eval.json")
+
+    def write_results():
+        """semisup_eval.json with this fraction's epochs so far (after every epoch)."""
+        result = dict(sup.summarize(history), epochs=history, setup=setup,
+                      complete=bool(history) and history[-1]["epoch"] == epochs,
+                      protocol=semisup.to_dict())
+        payload = {}
+        if paths.exists(path):
+            import json
+            try:
+                payload = json.loads(paths.read_text(path))
+            except ValueError:
+                payload = {}
+        payload[pct] = result
+        sup.write_json(path, payload)
+        return result
+
+    signal_stop = sup.StopOnSignal(f"semisup {pct}", log)
     try:
         if ckpt.latest_epoch():
             start = int(ckpt.latest_epoch())
@@ -337,6 +367,7 @@ def run_semisup(workdir: str, semisup=None, fraction: float = 0.01, *, config=No
             history = list(meta["history"])
             log(f"semisup {pct}: resumed after epoch {start} from {ckpt.directory}")
         stop = int(semisup.stop_after_epochs)
+        signal_stop.__enter__()
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
             lr_b = sup.cosine_lr(lr_backbone, epoch, epochs)
@@ -357,6 +388,8 @@ def run_semisup(workdir: str, semisup=None, fraction: float = 0.01, *, config=No
                                         epoch=epoch)
                 head_rows = None
             for i, batch in enumerate(batches):
+                if signal_stop.received:
+                    break
                 if head_rows is None:
                     head_rows = {k: np.asarray(v) for k, v in batch.items()}
                 batch, mask = _fill_batch(batch, b_pad, head_rows)
@@ -366,6 +399,8 @@ def run_semisup(workdir: str, semisup=None, fraction: float = 0.01, *, config=No
                     params, batch_stats, buf, tuner.put(batch["image"]),
                     tuner.put(batch["label"].astype(np.int32)), tuner.put(mask), key, lrs_dev)
                 losses.append((loss, float(mask.sum())))
+            if signal_stop.received:
+                break  # the unfinished epoch's updates are dropped
             state = {"params": params, "batch_stats": batch_stats, "buf": buf}
             loss = float(sum(float(l) * n for l, n in losses) / max(sum(n for _, n in losses), 1))
             top1, top5 = tuner.evaluate(params, batch_stats, test_batches(),
@@ -376,23 +411,19 @@ def run_semisup(workdir: str, semisup=None, fraction: float = 0.01, *, config=No
             history.append(record)
             log(f"semisup {pct} epoch {epoch + 1}/{epochs} | loss {loss:.4f} | lr "
                 f"{lr_b:.4g}/{lr_h:.4g} | top1 {top1:.2f} | top5 {top5:.2f} | "
-                f"{record['seconds']:.1f}s")
+                f"{record['seconds']:.1f}s | {sup.eta_text(history, start, epochs)}")
             ckpt.save(epoch + 1, state, {"setup": setup, "history": history})
+            write_results()
             if stop and epoch + 1 - start >= stop and epoch + 1 < epochs:
                 break
     finally:
+        signal_stop.__exit__(None, None, None)
         ckpt.close()
-    result = dict(sup.summarize(history), epochs=history, setup=setup,
-                  complete=bool(history) and history[-1]["epoch"] == epochs,
-                  protocol=semisup.to_dict())
-    path = os.path.join(workdir, "semisup_eval.json")
-    payload = {}
-    if os.path.exists(path):
-        import json
-        with open(path, encoding="utf-8") as f:
-            payload = json.load(f)
-    payload[pct] = result
-    sup.write_json(path, payload)
+    result = write_results()
+    if signal_stop.received:
+        done = history[-1]["epoch"] if history else 0
+        log(f"semisup {pct}: stopped by {signal_stop.received} after epoch {done}/{epochs}, "
+            f"saved in {ckpt.directory}; rerun the same command to resume.")
     if result["complete"]:
         log(f"semisup {pct} done: final top1 {result['final']['top1']:.2f} top5 "
             f"{result['final']['top5']:.2f}; {path}")

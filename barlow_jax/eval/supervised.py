@@ -98,8 +98,9 @@ class EpochCheckpoints:
 
     def __init__(self, directory: str, keep: int = 2):
         import orbax.checkpoint as ocp
+        from barlow_jax import paths  # local or gs://... (etils.epath)
         self._ocp = ocp
-        self.directory = os.path.abspath(directory)
+        self.directory = paths.absolute(directory)
         self.manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
             item_names=("state", "meta"))
@@ -168,11 +169,54 @@ def summarize(history: List[Dict]) -> Dict:
                       "epoch": history[-1]["epoch"]}}
 
 
+class StopOnSignal:
+    """SIGTERM/SIGINT -> a flag the epoch loops check between batches, acknowledged at once.
+
+    The epoch in progress is dropped (epochs are the unit of saving); the
+    epochs already finished are in their checkpoint folder, so a rerun of the
+    same command resumes after the last one.
+    """
+
+    def __init__(self, what: str, log: Callable[[str], None] = print):
+        self.what, self.log, self.received, self._old = what, log, None, {}
+
+    def __enter__(self):
+        import signal
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        import signal
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+            self.log(f"{self.what}: received {self.received}; stopping after the current batch "
+                     f"(the unfinished epoch is dropped, finished epochs are saved).")
+
+    def __exit__(self, *exc):
+        import signal
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def eta_text(history: List[Dict], start_epoch: int, epochs: int) -> str:
+    """'ETA h:mm:ss' from the mean time of this session's epochs."""
+    from barlow_jax.metrics import format_seconds
+    mine = [h["seconds"] for h in history if h["epoch"] > start_epoch]
+    if not mine:
+        return "ETA ?"
+    return f"ETA {format_seconds(sum(mine) / len(mine) * (epochs - history[-1]['epoch']))}"
+
+
 def write_json(path: str, payload: Dict):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    """Atomic rewrite of a results file, by process 0 only (local or gs://...)."""
+    from barlow_jax import paths
+    if jax.process_index() != 0:
+        return
+    paths.write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def _peek_flag(argv, name: str) -> Optional[str]:
@@ -194,7 +238,7 @@ def cli(section: str, default_section, run: Callable[..., Dict],
     """
     from absl import app, flags, logging
     from ml_collections import config_flags
-    from barlow_jax import checkpointing
+    from barlow_jax import checkpointing, distributed
 
     workdir = _peek_flag(sys.argv, "workdir")
     if not workdir:
@@ -210,6 +254,7 @@ def cli(section: str, default_section, run: Callable[..., Dict],
         config_flags.DEFINE_config_dict("config", base, "Pretraining config (DIR/config.json).")
         config_flags.DEFINE_config_dict(section, default_section, f"{section} settings.")
         extra_flags()
+        distributed.define_flags(flags)  # the checkpoint loads on this run's processes/devices
     except (AttributeError, KeyError) as e:  # an override names a key that does not exist
         from barlow_jax.cli import unknown_key_message
         print(unknown_key_message(e, f"--config.* / --{section}.*",
@@ -221,10 +266,17 @@ def cli(section: str, default_section, run: Callable[..., Dict],
             raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
         logging.set_verbosity(logging.WARNING)
         f = flags.FLAGS
+        from barlow_jax.cli import fail
+        try:
+            distributed.initialize_from_flags(f)
+        except distributed.DistributedInitError as e:
+            fail(str(e), 1, e)
         try:
             run(workdir=f.workdir, config=f.config, flags=f, **{section: f[section].value})
         except (ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            sys.exit(1)
+            from barlow_jax.cli import fail
+            fail(str(e), 1, e)
 
+    if "verbose" not in flags.FLAGS:
+        flags.DEFINE_bool("verbose", False, "Print tracebacks with error messages.")
     app.run(main)

@@ -11,10 +11,18 @@ Reference: google-research/simclr ``objective.py`` (``add_contrastive_loss``):
 ``tf.math.l2_normalize``, logits against the embeddings concatenated from
 all replicas, self-similarity removed by subtracting ``LARGE_NUM = 1e9``.
 Convention: the official code returns ``loss_a + loss_b`` (the mean over
-view-1 anchors plus the mean over view-2 anchors), i.e. 2x the value here;
-this module returns the mean over all 2N anchors (the paper's definition).
-Scale matters only for the parameters outside LARS's trust ratio (biases,
-BN) and for the logged number.
+view-1 anchors plus the mean over view-2 anchors), i.e. 2x ``info_nce``,
+which is the mean over all 2N anchors (the paper's definition). The registry
+adapter multiplies by ``loss.simclr_loss_scale``: 2.0 (default, the official
+scale) or 1.0 (solo-learn's). Scale matters for the parameters outside LARS's
+trust ratio (biases, BN), for weight decay relative to the gradient, and for
+the logged number.
+
+BatchNorm: the official model runs once over the concatenated views
+(``tf.concat`` of the two augmentations along the batch in ``run.py``), so
+every BatchNorm of the backbone and projector normalises with statistics
+over both views; the registry declares ``bn_views='joint'`` and the step
+does the same (steps.py).
 
 Distribution: each device builds the logits of its *local* anchors against
 the *global* candidates gathered with ``lax.all_gather(..., tiled=True)``.
@@ -90,7 +98,8 @@ def info_nce(z1, z2, *, temperature: float = 0.1,
 
 
 def method_loss(out1, out2, tgt1, tgt2, loss_config, axis_name):
-    """Registry adapter: NT-Xent on the projector outputs ``z``."""
+    """Registry adapter: ``loss.simclr_loss_scale`` x NT-Xent on the projector outputs ``z``."""
     del tgt1, tgt2
-    return info_nce(out1["z"], out2["z"], temperature=loss_config.temperature,
-                    axis_name=axis_name)
+    loss, metrics = info_nce(out1["z"], out2["z"], temperature=loss_config.temperature,
+                             axis_name=axis_name)
+    return loss * float(getattr(loss_config, "simclr_loss_scale", 2.0)), metrics

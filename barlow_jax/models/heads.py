@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from barlow_jax.models.norm import BatchNorm
 from barlow_jax.models.resnet import BN_EPS, BN_MOMENTUM
 
 # torch.nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -86,11 +87,12 @@ class MLPHead(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
-        norm = lambda name, use_scale=True, use_bias=True: nn.BatchNorm(
+    def __call__(self, x, train: bool = False, views: int = 1):
+        norm = lambda name, use_scale=True, use_bias=True: BatchNorm(
             use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
             use_scale=use_scale, use_bias=use_bias, dtype=self.dtype,
-            param_dtype=jnp.float32, axis_name=self.axis_name if train else None, name=name)
+            param_dtype=jnp.float32, axis_name=self.axis_name if train else None,
+            views=views if train else 1, name=name)
         last_scale, last_offset = last_bn_flags(self.last_bn_affine)
         x = jnp.asarray(x, self.dtype)
         n = len(self.widths)
@@ -112,6 +114,9 @@ class SSLNet(nn.Module):
     ``__call__`` returns a dict with ``features`` (pooled trunk output),
     ``z`` (projector output) and, when a predictor exists, ``p``. Outputs are
     cast to float32 so losses are always computed in full precision.
+    ``views=V``: the batch is V views one after the other, each with its own
+    BatchNorm statistics in training (models/norm.py); 1 = one set of
+    statistics over the whole batch.
     """
 
     backbone: nn.Module
@@ -119,11 +124,11 @@ class SSLNet(nn.Module):
     predictor: Optional[nn.Module] = None
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
-        h = self.backbone(x, train=train)
+    def __call__(self, x, train: bool = False, views: int = 1):
+        h = self.backbone(x, train=train, views=views)
         out = {"features": h.astype(jnp.float32)}
-        z = self.projector(h, train=train) if self.projector is not None else h
+        z = self.projector(h, train=train, views=views) if self.projector is not None else h
         out["z"] = z.astype(jnp.float32)
         if self.predictor is not None:
-            out["p"] = self.predictor(z, train=train).astype(jnp.float32)
+            out["p"] = self.predictor(z, train=train, views=views).astype(jnp.float32)
         return out

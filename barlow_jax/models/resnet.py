@@ -27,6 +27,8 @@ from typing import Any, Callable, Optional, Sequence, Type
 import flax.linen as nn
 import jax.numpy as jnp
 
+from barlow_jax.models.norm import BatchNorm
+
 # torchvision initialises convolutions with kaiming_normal_(fan_out, relu).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -105,6 +107,9 @@ class ResNet(nn.Module):
       dtype: computation dtype (bfloat16 for mixed precision); parameters
         are always float32.
       axis_name: mapped axis for cross-device BatchNorm statistics.
+      remat: recompute each block's activations in the backward pass instead
+        of keeping them (``nn.remat``): less memory, about one more forward
+        pass of compute. Parameter names are unchanged.
     """
 
     stage_sizes: Sequence[int]
@@ -114,6 +119,7 @@ class ResNet(nn.Module):
     zero_init_residual: bool = True
     dtype: Any = jnp.float32
     axis_name: Optional[str] = None
+    remat: bool = False
 
     @property
     def num_features(self) -> int:
@@ -121,13 +127,17 @@ class ResNet(nn.Module):
         return self.width * 8 * expansion
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, views: int = 1):
+        """``views``: the batch holds that many views one after the other, each
+        batch-normalised with its own statistics in training (models/norm.py)."""
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                                  param_dtype=jnp.float32, kernel_init=conv_init)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+        norm = functools.partial(BatchNorm, use_running_average=not train,
                                  momentum=BN_MOMENTUM, epsilon=BN_EPS,
                                  dtype=self.dtype, param_dtype=jnp.float32,
-                                 axis_name=self.axis_name if train else None)
+                                 axis_name=self.axis_name if train else None,
+                                 views=views if train else 1)
+        block_cls = nn.remat(self.block_cls) if self.remat else self.block_cls
         x = jnp.asarray(x, self.dtype)
         if self.cifar_stem:
             x = conv(self.width, (3, 3), padding=((1, 1), (1, 1)), name="conv1")(x)
@@ -143,7 +153,7 @@ class ResNet(nn.Module):
             for j in range(n_blocks):
                 strides = 2 if (i > 0 and j == 0) else 1
                 downsample = j == 0 and (strides != 1 or in_ch != feats * expansion)
-                x = self.block_cls(feats, strides, conv, norm, self.zero_init_residual,
+                x = block_cls(feats, strides, conv, norm, self.zero_init_residual,
                                    downsample, name=f"layer{i + 1}_{j}")(x)
                 in_ch = feats * expansion
         return jnp.mean(x, axis=(1, 2))
