@@ -35,9 +35,6 @@ import statistics
 import sys
 import time
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -110,7 +107,6 @@ def prepare(config, devices=None, abstract: bool = False, compile_program: bool 
     """
     import jax
     import numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec as P
 
     from barlow_jax import online_probe, parallel
     from barlow_jax.methods import get_method
@@ -134,7 +130,7 @@ def prepare(config, devices=None, abstract: bool = False, compile_program: bool 
                             make_views=lambda b, d, k: (b["view1"], b["view2"]),
                             total_steps=total_steps, probe_tx=probe_tx)
     shape = (config.batch_size, s, s, 3)
-    sharding = NamedSharding(mesh, P(parallel.AXIS))
+    sharding = parallel.batch_sharding(mesh)
     views = lambda k: {"view1": jax.random.normal(k, shape),
                        "view2": jax.random.normal(jax.random.fold_in(k, 1), shape)}
     if online_probe.enabled(config):
@@ -300,7 +296,8 @@ def format_result(r) -> str:
                           f"  {verb:<19}{r['compile_seconds']:.1f} s"]
                          + format_collectives(r))
     mem = f"{r['peak_memory_bytes'] / 2**30:.2f} GiB" if r["peak_memory_bytes"] else "n/a"
-    mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown device peak; pass --peak_tflops)"
+    mfu = (f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None
+           else "n/a (unknown device peak; pass --peak_tflops)")
     return "\n".join([
         head,
         f"  levers             {_levers(r)}",

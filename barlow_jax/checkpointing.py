@@ -79,7 +79,8 @@ RESUMABLE_KEYS = ("optimizer.lr_weights", "optimizer.lr_biases", "compute_dtype"
                   "num_train_steps", "num_epochs",
                   "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
                   "eval_every_steps", "eval.", "data.path", "data.cache_dir",
-                  "data.tfds_data_dir", "data.threads", "data.arrays")
+                  "data.tfds_data_dir", "data.threads", "data.arrays",
+                  "profile_steps", "wandb.")
 
 
 def is_resumable_key(key: str) -> bool:

@@ -84,18 +84,13 @@ def undeclared_keys(config, declared) -> list:
 
 
 def _declared_base():
-    """configs/base.py's get_config(), as the user's config file reached it (or None)."""
-    module = sys.modules.get("configs.base")
-    if module is None:
-        try:
-            from configs import base as module  # the repository's configs/ on sys.path
-        except ImportError:
-            return None
-    return module.get_config()
+    """The declared config (``barlow_jax.defaults.get_config()``)."""
+    from barlow_jax import defaults
+    return defaults.get_config()
 
 
 def check_config_file_keys(config, path: str):
-    """Refuses a config file that sets a key configs/base.py does not declare (a typo)."""
+    """Refuses a config file that sets a key barlow_jax/defaults.py does not declare (a typo)."""
     declared = _declared_base()
     if declared is None:
         return
@@ -103,9 +98,9 @@ def check_config_file_keys(config, path: str):
     if bad:
         key, near = bad[0]
         more = f" (and {len(bad) - 1} more: {', '.join(k for k, _ in bad[1:4])})" if bad[1:] else ""
-        raise KeyError(f"config file {path} sets {key!r}, which configs/base.py does not declare"
+        raise KeyError(f"config file {path} sets {key!r}, which barlow_jax/defaults.py does not declare"
                        + (f" (did you mean {near!r}?)" if near else "") + more
-                       + "; fix the name, or declare a new key in configs/base.py")
+                       + "; fix the name, or declare a new key in barlow_jax/defaults.py")
 
 
 def _config_file_path(argv) -> str:
@@ -146,8 +141,8 @@ def parse_flags(argv):
                  f"`def get_config(): ...` returning a ConfigDict (see configs/smoke.py).", 2, e)
         if text.startswith("config file "):
             fail(text + ".", 2, e)
-        fail(unknown_key_message(e, "--config.*", "the keys are declared in configs/base.py"),
-             2, e)
+        fail(unknown_key_message(e, "--config.*", "the keys are declared in "
+                                 "barlow_jax/defaults.py (docs/config.md)"), 2, e)
     except flags.Error as e:
         fail(str(e), 2, e)
     except Exception as e:  # the config file's own code raised (e.g. its ValueError)

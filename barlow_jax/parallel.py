@@ -33,18 +33,44 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(global_batch: int, mesh: Mesh, what: str = "config.batch_size") -> int:
-    """Per-device batch; one clear sentence when the batch does not split evenly."""
-    n = mesh.devices.size
+    """Per-device batch; one clear sentence when the batch does not split evenly.
+
+    The batch must split over the devices and over the processes (each process
+    feeds its own devices' rows), so the multiple asked for is their least
+    common multiple.
+    """
+    n = int(np.lcm(mesh.devices.size, jax.process_count()))
     if global_batch <= 0 or global_batch % n:
         lower = (global_batch // n) * n
         hint = f"{lower} or {lower + n}" if lower > 0 else f"{n}"
-        raise ValueError(f"{what}={global_batch} does not divide evenly over {n} devices; "
+        over = (f"{mesh.devices.size} devices" if n == mesh.devices.size else
+                f"{mesh.devices.size} devices and {jax.process_count()} processes")
+        raise ValueError(f"{what}={global_batch} does not divide evenly over {over}; "
                          f"set it to a multiple of {n}, e.g. {hint}.")
-    return global_batch // n
+    return global_batch // mesh.devices.size
+
+
+def host_to_global(x, sharding: NamedSharding) -> jax.Array:
+    """A global jax.Array from a host array that every process holds in full.
+
+    Each device takes its own slice (``sharding`` decides which), so this works
+    for replicated and batch-sharded placements and across processes.
+    """
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
 def replicate(tree, mesh: Mesh):
     """Places a host pytree on every device of the mesh (works across processes)."""
     sharding = replicated(mesh)
-    return jax.tree.map(lambda x: jax.make_array_from_callback(
-        np.shape(x), sharding, lambda idx: np.asarray(x)[idx]), tree)
+    return jax.tree.map(lambda x: host_to_global(x, sharding), tree)
+
+
+def process_rows(mesh: Mesh, global_batch: int) -> tuple:
+    """[start, stop) of the global batch rows held by this process's devices."""
+    spans = batch_sharding(mesh).addressable_devices_indices_map((global_batch,))
+    starts = sorted((s[0].start or 0, s[0].stop or global_batch) for s in spans.values())
+    if any(a[1] != b[0] for a, b in zip(starts, starts[1:])):
+        raise ValueError("This process's devices do not hold one contiguous block of the "
+                         "batch; build the mesh from jax.devices() in their default order.")
+    return starts[0][0], starts[-1][1]

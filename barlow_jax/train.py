@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from barlow_jax import defaults as defaults_lib
 from barlow_jax import (accelerator, checkpointing, distributed, loss_scale,
                         metrics as metrics_lib, online_probe, parallel, paths, profiling)
 from barlow_jax.data import create_pipeline
@@ -86,9 +87,9 @@ def check_resume_compatible(workdir: str, config):
     if not paths.exists(path):
         return []
     saved = json.loads(paths.read_text(path))
-    from configs import base  # the declared defaults: keys newer than the checkpoint
     current = checkpointing.config_to_dict(config)
-    defaults = checkpointing.config_to_dict(base.get_config())
+    # The declared defaults: keys newer than the checkpoint are compatible at their default.
+    defaults = checkpointing.config_to_dict(defaults_lib.get_config())
     diffs = checkpointing.config_differences(saved, current, defaults)
     if diffs:
         shown = "; ".join(f"{k}: {a!r} in the checkpoint vs {b!r} now" for k, a, b in diffs[:6])
@@ -280,7 +281,7 @@ def train_and_evaluate(config, workdir: str) -> Dict:
 
     def flush(step_now: int, log: bool):
         nonlocal t_mark, steps_mark, last_record, train_time
-        fetched = jax.device_get([m for _, m in pending])
+        fetched = jax.device_get(distributed.wait_ready([m for _, m in pending]))
         steps = [s for s, _ in pending]
         pending.clear()
         for s, m in zip(steps, fetched):
@@ -358,7 +359,7 @@ def train_and_evaluate(config, workdir: str) -> Dict:
     in_flight = collections.deque()  # losses of dispatched, maybe unfinished steps
     peer_lost = False
     try:
-        with distributed.StopAgreement(mesh) as stop:
+        with distributed.StopAgreement(mesh, tag=tag) as stop:
             while step < total_steps:
                 profiler.before(step)
                 batch = next(pipeline)
@@ -371,9 +372,9 @@ def train_and_evaluate(config, workdir: str) -> Dict:
                 # SIGTERM then waits for all of them. Keep at most MAX_IN_FLIGHT queued.
                 in_flight.append(m["loss"])
                 if len(in_flight) > MAX_IN_FLIGHT:
-                    jax.block_until_ready(in_flight.popleft())
+                    distributed.wait_ready(in_flight.popleft())
                 if t_mark is None:
-                    jax.block_until_ready(m)
+                    distributed.wait_ready(m)
                     t_mark, steps_mark = time.time(), step
                     if is_lead:
                         print(f"step {step} done in {t_mark - t_start:.1f}s (compilation included); "

@@ -22,7 +22,7 @@ python -m barlow_jax.main --config=configs/bt_cifar10.py --workdir=DIR
 
 import os
 
-from configs import base
+from barlow_jax import defaults as base
 
 CIFAR10_ARCHIVE = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",

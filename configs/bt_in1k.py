@@ -18,7 +18,7 @@ trains with the true full-batch gradient instead.
         --config.data.path=/path/to/imagenet   # holds train/<wnid>/*.JPEG
 """
 
-from configs import base
+from barlow_jax import defaults as base
 
 
 def get_config():

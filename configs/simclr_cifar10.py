@@ -13,7 +13,7 @@ heads always put BN after a hidden Linear (docs/methods.md).
 python -m barlow_jax.main --config=configs/simclr_cifar10.py --workdir=DIR
 """
 
-from configs import base
+from barlow_jax import defaults as base
 from configs.bt_cifar10 import cifar10_base, solo_learn_optimizer
 
 

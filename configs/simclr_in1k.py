@@ -18,7 +18,8 @@ python -m barlow_jax.main --config=configs/simclr_in1k.py --workdir=DIR \
     --config.data.path=/path/to/imagenet
 """
 
-from configs import base, bt_in1k
+from barlow_jax import defaults as base
+from configs import bt_in1k
 
 
 def symmetric_view(**kw):

@@ -22,7 +22,7 @@ different run; reach it with overrides if needed.
 python -m barlow_jax.main --config=configs/simsiam_cifar10.py --workdir=DIR
 """
 
-from configs import base
+from barlow_jax import defaults as base
 from configs.bt_cifar10 import cifar10_base, solo_learn_optimizer
 
 

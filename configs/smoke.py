@@ -15,7 +15,7 @@ lr fixed as in the official 100-epoch run). The Barlow Twins
 setting is exactly the one the trainer tests were written against.
 """
 
-from configs import base
+from barlow_jax import defaults as base
 
 def get_config(arg=None):
     method = arg or "barlow_twins"

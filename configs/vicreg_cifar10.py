@@ -11,7 +11,7 @@ tests/test_recipes.py compares every number with the cited file.
 python -m barlow_jax.main --config=configs/vicreg_cifar10.py --workdir=DIR
 """
 
-from configs import base
+from barlow_jax import defaults as base
 from configs.bt_cifar10 import cifar10_base, solo_learn_optimizer
 
 

@@ -1,4 +1,4 @@
-"""Every config loads, locks, and sets only keys that configs/base.py declares."""
+"""Every config loads, locks, and sets only keys that barlow_jax/defaults.py declares."""
 
 import glob
 import importlib

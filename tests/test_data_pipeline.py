@@ -169,7 +169,7 @@ def test_auto_placement_and_bad_settings():
     cases = [
         (dict(placement="gpu"), {}, "placement='gpu' is unknown"),
         (dict(source="csv"), {}, "source='csv' is unknown"),
-        ({}, dict(global_batch_size=12), "divisible by the 8 devices"),
+        ({}, dict(global_batch_size=12), "does not divide evenly over 8 devices; set it to a multiple of 8"),
         ({}, dict(global_batch_size=48), "fewer than one global batch of 48"),
     ]
     for overrides, kw, message in cases:

@@ -1,7 +1,5 @@
 """One sentence instead of a traceback: bench out of memory, export --import of a bad file."""
 
-import os
-import pickle
 
 import jax
 import jax.numpy as jnp

@@ -11,7 +11,7 @@ import pytest
 
 from barlow_jax import checkpointing, train
 from configs import smoke
-from tests.cli_helpers import read_metrics, run_cli
+from tests.cli_helpers import run_cli
 
 
 def _config(**kw):
@@ -125,7 +125,7 @@ def test_config_file_faults_via_cli(tmp_path):
         "noget.py": ("X = 1\n", "defines no get_config()"),
         "typo.py": ("from configs import smoke\ndef get_config():\n    c = smoke.get_config()\n"
                     "    c.batch_sizee = 64\n    return c\n",
-                    "sets 'batch_sizee', which configs/base.py does not declare (did you mean "
+                    "sets 'batch_sizee', which barlow_jax/defaults.py does not declare (did you mean "
                     "'batch_size'?)"),
     }
     for name, (text, expect) in cases.items():

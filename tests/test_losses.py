@@ -252,7 +252,7 @@ def test_simsiam_value_and_gradient_match_official():
 # ----------------------------------------------------------------------------
 # 1 device vs 8 devices under jax.shard_map (check_vma=True, the default).
 
-# The loss fields of configs/base.py (a plain namespace keeps this file free of
+# The loss fields of barlow_jax/defaults.py (a plain namespace keeps this file free of
 # ml_collections, which accelerator images may lack).
 LOSS_CONFIG = types.SimpleNamespace(lambd=0.0051, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0,
                                     temperature=0.1)

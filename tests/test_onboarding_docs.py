@@ -1,4 +1,4 @@
-"""The docs a newcomer follows: docs/config.md is generated from configs/base.py (a key added,
+"""The docs a newcomer follows: docs/config.md is generated from barlow_jax/defaults.py (a key added,
 renamed or given another default without updating it fails here), and every command and
 link of the onboarding docs names something that exists."""
 
@@ -21,7 +21,7 @@ def _read(rel):
 
 def test_every_base_key_has_a_meaning_and_every_meaning_a_key():
     missing, stale = config_doc.drift()
-    assert not missing, f"keys of configs/base.py without a meaning in config_doc.py: {missing}"
+    assert not missing, f"keys of barlow_jax/defaults.py without a meaning in config_doc.py: {missing}"
     assert not stale, f"meanings in config_doc.py for keys base.py lacks: {stale}"
 
 

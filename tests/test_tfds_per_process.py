@@ -1,7 +1,6 @@
 """TFDS on several hosts (issue 9 item 7): each process reads only its slice of the
 split (tfds.even_splits), deterministically and resumably (tfds.testing.mock_data)."""
 
-import jax
 import numpy as np
 import pytest
 

@@ -7,7 +7,7 @@ The recipe is Barlow Twins' (FIELD_NOTES §3, facebookresearch/barlowtwins
     -> grayscale (p) -> gaussian blur (p) -> solarize (p) -> normalize
 
 with every probability and strength read from one view's config
-(``configs/base.py: augment_view``). Images are float32 in [0, 1] between the
+(``barlow_jax/defaults.py: augment_view``). Images are float32 in [0, 1] between the
 ops. ``augment_tf`` implements the same ops and the same parameter
 distributions for tf.data; ``tests/test_data_augment.py`` checks both against
 PIL / NumPy references and against each other.

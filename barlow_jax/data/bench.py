@@ -18,13 +18,9 @@ pairs/s of the jitted JAX half (``make_views``) on JAX's default backend.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
@@ -65,7 +61,7 @@ def data_config_for(size: int, config, tmp: str):
         dc = config.data
         dc.image_size = size
         return dc
-    from configs import base
+    from barlow_jax import defaults as base
     dc = base.get_config().data
     dc.path = write_synthetic_jpegs(os.path.join(tmp, "jpegs"), flags.FLAGS.jpegs)
     dc.cache_dir = os.path.join(tmp, "cache")

@@ -423,6 +423,6 @@ def _decode_all(index: FolderIndex, base: str, hw, fit) -> None:
         for _ in pool.map(load, range(index.num_examples), chunksize=256):
             progress.update()
     out.flush()
-    del out
+    out = None  # closes the memmap before the rename
     np.save(base + ".labels.npy", index.labels)
     os.replace(tmp, base + ".npy")

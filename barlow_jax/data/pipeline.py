@@ -43,8 +43,8 @@ from typing import Any, Dict, Optional
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
+from barlow_jax import parallel
 from barlow_jax.data import augment_jax
 from barlow_jax.data.sources import (IndexedSource, open_source, tfds_dataset,
                                      tfds_process_split, tfds_slice_start)
@@ -84,20 +84,7 @@ def process_rows(mesh, global_batch: int, process_index=None, process_count=None
     if process_count is not None:
         per = global_batch // process_count
         return process_index * per, (process_index + 1) * per
-    spans = NamedSharding(mesh, P("data")).addressable_devices_indices_map((global_batch,))
-    starts = sorted((s[0].start or 0, s[0].stop or global_batch) for s in spans.values())
-    if any(a[1] != b[0] for a, b in zip(starts, starts[1:])):
-        raise ValueError("This process's devices do not hold one contiguous block of the "
-                         "batch; build the mesh from jax.devices() in their default order.")
-    return starts[0][0], starts[-1][1]
-
-
-def _check_batch(global_batch: int, mesh, process_count: int) -> int:
-    n_dev = mesh.shape["data"]
-    if global_batch % n_dev or global_batch % process_count:
-        raise ValueError(f"config.batch_size={global_batch} must be divisible by the "
-                         f"{n_dev} devices and {process_count} processes; change it.")
-    return n_dev
+    return parallel.process_rows(mesh, global_batch)
 
 
 def _too_small(n: int, global_batch: int, what: str):
@@ -134,10 +121,13 @@ class HostPipeline(_Pipeline):
         self._tf, self._atf = tf, augment_tf
         self.data_config = data_config
         self.placement = placement
-        self.sharding = NamedSharding(mesh, P("data"))
+        self.sharding = parallel.batch_sharding(mesh)
         pc = jax.process_count() if process_count is None else process_count
         pi = jax.process_index() if process_count is None else process_index
-        _check_batch(global_batch_size, mesh, pc)
+        parallel.check_batch_size(global_batch_size, mesh)
+        if global_batch_size % pc:  # a simulated process count (tests)
+            raise ValueError(f"config.batch_size={global_batch_size} does not divide evenly "
+                             f"over {pc} processes; set it to a multiple of {pc}.")
         rows = process_rows(mesh, global_batch_size, process_index, process_count)
         local_batch = rows[1] - rows[0]
         source = open_source(data_config, data_config.split)
@@ -295,11 +285,12 @@ class DevicePipeline(_Pipeline):
 
     def __init__(self, source: IndexedSource, data_config, *, global_batch_size: int,
                  seed: int, mesh, start_step: int = 0):
-        n_dev = _check_batch(global_batch_size, mesh, jax.process_count())
+        parallel.check_batch_size(global_batch_size, mesh)
+        n_dev = mesh.devices.size
         images, labels = source.images, np.asarray(source.labels)
         self.skipped = source.skipped
         self.data_config = data_config
-        self.sharding = NamedSharding(mesh, P("data"))
+        self.sharding = parallel.batch_sharding(mesh)
         self.n = len(images)
         self.steps_per_epoch = self.n // global_batch_size
         if self.steps_per_epoch == 0:

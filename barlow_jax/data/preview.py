@@ -10,12 +10,8 @@ nearest-neighbour so single pixels stay visible.
 
 from __future__ import annotations
 
-import os
 import sys
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402

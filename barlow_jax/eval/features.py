@@ -31,11 +31,11 @@ from typing import Dict, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
+from barlow_jax import parallel
 from barlow_jax.models import build_backbone, build_ssl_net
 
-AXIS = "data"
 SMALL_IMAGE = 64  # data.eval_batches resizes larger images to 256/224 of the size + crops
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,12 +44,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class LabelledSet(NamedTuple):
     images: np.ndarray  # uint8 [N, H, W, 3]
     labels: np.ndarray  # int32 [N]
-
-
-def global_array(x, sharding: NamedSharding) -> jax.Array:
-    """A global jax.Array from a host array that every process holds in full."""
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
 def mean_std(data_config):
@@ -172,8 +166,8 @@ class Embedder:
         n_dev = mesh.devices.size
         self.batch_size = -(-max(int(batch_size), 1) // n_dev) * n_dev
         self.mesh = mesh
-        self.batch_sharding = NamedSharding(mesh, P(AXIS))
-        self.replicated = NamedSharding(mesh, P())
+        self.batch_sharding = parallel.batch_sharding(mesh)
+        self.replicated = parallel.replicated(mesh)
         mean, std = mean_std(config.data)
         backbone = build_backbone(config)
         net = build_ssl_net(config)
@@ -202,7 +196,7 @@ class Embedder:
         def place(x):
             if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(self.replicated, x.ndim):
                 return x
-            return global_array(np.asarray(x), self.replicated)
+            return parallel.host_to_global(np.asarray(x), self.replicated)
 
         return jax.tree.map(place, tree)
 
@@ -223,7 +217,7 @@ class Embedder:
                 if m < b:
                     chunk = np.concatenate([chunk, np.zeros((b - m,) + chunk.shape[1:],
                                                             chunk.dtype)])
-                result = fn(variables, global_array(chunk, self.batch_sharding))
+                result = fn(variables, parallel.host_to_global(chunk, self.batch_sharding))
                 if pending is not None:  # the device works on this chunk meanwhile
                     fetch(pending)
                 pending = (result, m)

@@ -35,12 +35,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
+from barlow_jax import parallel
 from barlow_jax.eval import features as feats_lib
 from barlow_jax.progress import Progress
 
-AXIS = "data"
+AXIS = parallel.AXIS
 TOPK_CLASSES = 5
 
 
@@ -52,7 +53,6 @@ def l2_normalize(x, eps: float = 1e-12) -> np.ndarray:
 
 
 def _default_mesh() -> Mesh:
-    from barlow_jax import parallel
     return parallel.make_mesh()
 
 
@@ -116,22 +116,22 @@ def knn_predict(train_feats, train_labels, test_feats, *, k: int = 200,
     n_train = len(train_feats)
     pad = (-n_train) % n_dev
     valid = np.concatenate([np.ones(n_train, bool), np.zeros(pad, bool)])
-    sharded = NamedSharding(mesh, P(AXIS))
-    put = lambda x: feats_lib.global_array(x, sharded)
+    sharded = parallel.batch_sharding(mesh)
+    put = lambda x: parallel.host_to_global(x, sharded)
     train_dev = put(l2_normalize(np.pad(train_feats, ((0, pad), (0, 0)))))
     labels_dev = put(np.pad(train_labels, (0, pad)))
     valid_dev = put(valid)
     fn = _chunk_fn(mesh, k, int(num_classes), n_rank)
 
     out = np.zeros((len(test_feats), n_rank), np.int32)
-    repl = NamedSharding(mesh, P())
-    temp = feats_lib.global_array(np.float32(temperature), repl)
+    repl = parallel.replicated(mesh)
+    temp = parallel.host_to_global(np.float32(temperature), repl)
     for start in range(0, len(test_feats), chunk_size):
         chunk = test_feats[start:start + chunk_size]
         n = len(chunk)
         chunk = np.pad(chunk, ((0, chunk_size - n), (0, 0)))
         chunk = l2_normalize(chunk)
-        ranked = fn(train_dev, labels_dev, valid_dev, feats_lib.global_array(chunk, repl), temp)
+        ranked = fn(train_dev, labels_dev, valid_dev, parallel.host_to_global(chunk, repl), temp)
         out[start:start + n] = np.asarray(ranked)[:n]
     return out
 

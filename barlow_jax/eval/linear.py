@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
+from barlow_jax import parallel
 from barlow_jax.eval import features as feats_lib
 from barlow_jax.eval import supervised as sup
 
@@ -100,8 +100,8 @@ class LinearTrainer:
 
     def __init__(self, linear, mesh, *, config=None):
         self.mesh = mesh
-        self.batch_sharding = NamedSharding(mesh, P("data"))
-        self.replicated = NamedSharding(mesh, P())
+        self.batch_sharding = parallel.batch_sharding(mesh)
+        self.replicated = parallel.replicated(mesh)
         momentum, wd = float(linear.momentum), float(linear.weight_decay)
 
         def update(head, buf, feats, labels, mask, lr):
@@ -132,10 +132,10 @@ class LinearTrainer:
             self.image_step = jax.jit(image_step)
 
     def put_batch(self, x):
-        return feats_lib.global_array(x, self.batch_sharding)
+        return parallel.host_to_global(x, self.batch_sharding)
 
     def put_replicated(self, tree):
-        return jax.tree.map(lambda x: feats_lib.global_array(np.asarray(x), self.replicated), tree)
+        return jax.tree.map(lambda x: parallel.host_to_global(np.asarray(x), self.replicated), tree)
 
     def evaluate(self, head, feats: np.ndarray, labels: np.ndarray, batch_size: int = 4096):
         """(top1, top5) in percent of the head on precomputed features."""

@@ -47,8 +47,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
+from barlow_jax import parallel
 from barlow_jax.eval import features as feats_lib
 from barlow_jax.eval import linear as linear_lib
 from barlow_jax.eval import supervised as sup
@@ -197,8 +197,8 @@ class FineTuner:
         if semisup.bn not in BN_MODES:
             raise ValueError(f"--semisup.bn={semisup.bn!r} is unknown; use 'train' or 'frozen'.")
         self.mesh = mesh
-        self.batch_sharding = NamedSharding(mesh, P("data"))
-        self.replicated = NamedSharding(mesh, P())
+        self.batch_sharding = parallel.batch_sharding(mesh)
+        self.replicated = parallel.replicated(mesh)
         backbone = build_backbone(config)
         crop = linear_lib.small_image_crop(semisup)
         data_config = config.data
@@ -247,7 +247,7 @@ class FineTuner:
 
     def put(self, x, replicated=False):
         sharding = self.replicated if replicated else self.batch_sharding
-        return jax.tree.map(lambda a: feats_lib.global_array(np.asarray(a), sharding), x)
+        return jax.tree.map(lambda a: parallel.host_to_global(np.asarray(a), sharding), x)
 
     def evaluate(self, params, batch_stats, batches, batch_size: int):
         """(top1, top5) in percent over an iterable of {'image', 'label'} batches."""

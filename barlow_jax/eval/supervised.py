@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
