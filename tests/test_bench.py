@@ -34,7 +34,8 @@ def test_train_and_bench_build_the_same_step():
     assert train.build_train_step is steps.build_train_step
     import inspect
     from barlow_jax import bench
-    assert "build_train_step(config, mesh" in inspect.getsource(bench.benchmark)
+    assert "build_train_step(config, mesh" in inspect.getsource(bench.prepare)
+    assert "prepare(config" in inspect.getsource(bench.benchmark)
 
 
 def test_collectives_only_allocates_nothing_and_reports_bytes():

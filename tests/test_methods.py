@@ -234,7 +234,7 @@ def test_config_loads_and_sets_only_declared_keys(name):
     assert not extra, f"{name} sets keys base.py does not declare: {sorted(extra)}"
     if name.endswith("cifar10"):
         assert c.data.image_size == 32 and c.model.cifar_stem and c.data.num_classes == 10
-        if name != "simclr_cifar10":   # solo-learn's symmetric.yaml keeps blur p 0.5 at 32 px
+X
             assert c.data.augment.view1.blur_prob == 0.0 == c.data.augment.view2.blur_prob
 
 

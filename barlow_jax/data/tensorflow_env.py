@@ -15,9 +15,48 @@ train with the device placement and the arrays/synthetic/folder sources.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 
 _configured = False
+# C++ start-up notices that TensorFlow >= 2.21 prints through absl logging whatever
+# TF_CPP_MIN_LOG_LEVEL says; hidden while TensorFlow is imported, other lines pass.
+_NOTICES = ("oneDNN custom operations are on", "cpu_feature_guard",
+            "All log messages before absl::InitializeLog() is called")
+
+
+@contextlib.contextmanager
+def _start_up_notices_hidden():
+    """Sends file descriptor 2 to a temporary file during the import, then writes back
+    every line except the known start-up notices (errors and warnings stay visible)."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [line for line in tmp.read().decode("utf-8", "replace").splitlines(True)
+                    if not any(n in line for n in _NOTICES)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 def import_tensorflow():
@@ -29,7 +68,8 @@ def import_tensorflow():
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "") in ("", "1"):
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     try:
-        import tensorflow as tf
+        with _start_up_notices_hidden():
+            import tensorflow as tf
     except ImportError as e:
         raise ImportError(
             f"TensorFlow is needed for tf.data (config.data.placement 'host' or 'split', or "
