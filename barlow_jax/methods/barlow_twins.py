@@ -28,13 +28,18 @@ divisible by the device count and falls back to the psum otherwise.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+import math
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
+from barlow_jax.pictures import Picture, c_matrix_image
+
 BN_EPS = 1e-5
+MEAN_ABS_OFF_DIAG_HIGH = 0.5  # warnings(): dimensions strongly correlated across views
 
 
 def _global_mean(x, axis_name):
@@ -140,3 +145,29 @@ def method_loss(out1, out2, tgt1, tgt2, loss_config, axis_name):
                                  c_reduction=getattr(loss_config, "c_reduction", "gather"))
     metrics["c_block"] = c_top_left(out1["z"], out2["z"], axis_name)
     return loss, metrics
+
+
+# What the training loop shows of this method (methods/__init__.py, telemetry.py).
+PROGRESS_KEYS = (("on_diag", "{:.3f}"), ("off_diag", "{:.3f}"))
+PICTURES = (Picture("cross_correlation_vs_identity", "c_block", c_matrix_image),)
+
+
+def warnings(metrics: Mapping) -> List[str]:
+    """Barlow Twins' own warnings for logged metrics; [] when healthy.
+
+    * on_diag / off_diag not finite;
+    * mean_abs_off_diag > 0.5: off-diagonal |C_ij| far from the 0 the loss
+      asks for, the embedding dimensions are redundant.
+    """
+    out: List[str] = []
+    values = {k: float(np.asarray(metrics[k])) for k in ("on_diag", "off_diag",
+                                                          "mean_abs_off_diag") if k in metrics}
+    for key in ("on_diag", "off_diag"):
+        if key in values and not math.isfinite(values[key]):
+            out.append(f"{key} is {values[key]}: training has diverged; lower the learning rate "
+                       f"or use float32 compute.")
+    off = values.get("mean_abs_off_diag")
+    if off is not None and math.isfinite(off) and off > MEAN_ABS_OFF_DIAG_HIGH:
+        out.append(f"mean_abs_off_diag={off:.3g} > {MEAN_ABS_OFF_DIAG_HIGH}: the "
+                   f"embedding dimensions are strongly correlated across views.")
+    return out

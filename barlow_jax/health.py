@@ -38,7 +38,8 @@ see docs/evaluation.md. Two limits keep it small:
   for projectors up to 2048 wide, 8192 -> 2048 for Barlow Twins' 8192:
   a 16 MB instead of 268 MB all-reduce and a 64x cheaper eigvalsh).
 
-``collapse_warnings(metrics)`` turns logged values into readable warnings.
+``collapse_warnings(metrics, method)`` turns logged values into readable
+warnings, the method's own (``Method.warnings``) included.
 """
 
 from __future__ import annotations
@@ -57,7 +58,6 @@ NOT_COMPUTED = -1.0
 STD_DEAD_RATIO = 1e-3      # embed_std_min < this * embed_std_mean: a dead dimension
 STD_COLLAPSED = 1e-6       # embed_std_mean below this: constant embeddings
 RANK_FRACTION_LOW = 0.01   # embed_rank_frac below this: dimensional collapse
-MEAN_ABS_OFF_DIAG_HIGH = 0.5  # Barlow Twins: dimensions strongly correlated across views
 
 
 def _pmean(x, axis_name):
@@ -147,23 +147,23 @@ def _value(metrics: Mapping, key: str) -> Optional[float]:
         return None
 
 
-def collapse_warnings(metrics: Mapping) -> List[str]:
+def collapse_warnings(metrics: Mapping, method=None) -> List[str]:
     """Readable warnings for logged metrics (python floats or arrays); [] when healthy.
 
     Rules (heuristics, thresholds are the module constants):
-      * any of loss / embed_* / on_diag / off_diag not finite;
+      * any of loss / embed_* not finite;
       * embed_std_mean < 1e-6: all embeddings (nearly) identical;
       * embed_std_min < 1e-3 * embed_std_mean: at least one dead dimension;
       * 0 <= embed_rank_frac < 0.01, or embed_eff_rank < 2 where a rank above
         2 is possible:
         the embeddings span a tiny subspace (dimensional collapse);
-      * mean_abs_off_diag > 0.5 (Barlow Twins): off-diagonal |C_ij| far from
-        the 0 the loss asks for, dimensions are redundant.
+      * then ``method.warnings(metrics)`` (a ``methods.Method``), e.g. Barlow
+        Twins' mean_abs_off_diag > 0.5.
     Values equal to -1 (not computed) are ignored.
     """
     warnings: List[str] = []
-    for key in ("loss", "on_diag", "off_diag", "embed_std_min", "embed_std_mean",
-                "embed_eff_rank", "embed_rank_frac"):
+    for key in ("loss", "embed_std_min", "embed_std_mean", "embed_eff_rank",
+                "embed_rank_frac"):
         v = _value(metrics, key)
         if v is not None and not math.isfinite(v):
             warnings.append(f"{key} is {v}: training has diverged; lower the learning rate or "
@@ -183,8 +183,6 @@ def collapse_warnings(metrics: Mapping) -> List[str]:
             frac < RANK_FRACTION_LOW or (0 <= erank < 2.0 and max_rank > 2.0)):
         warnings.append(f"embed_eff_rank={erank:.3g} ({100 * frac:.2f}% of the possible rank): "
                         f"the embeddings span a tiny subspace (dimensional collapse).")
-    off = _value(metrics, "mean_abs_off_diag")
-    if off is not None and math.isfinite(off) and off > MEAN_ABS_OFF_DIAG_HIGH:
-        warnings.append(f"mean_abs_off_diag={off:.3g} > {MEAN_ABS_OFF_DIAG_HIGH}: the "
-                        f"embedding dimensions are strongly correlated across views.")
+    if method is not None:
+        warnings += method.warnings(metrics)
     return warnings
