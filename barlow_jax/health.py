@@ -52,16 +52,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from barlow_jax.parallel import batch_mean, global_sum
+
 NOT_COMPUTED = -1.0
 
 # Thresholds of collapse_warnings (heuristics; see its docstring).
 STD_DEAD_RATIO = 1e-3      # embed_std_min < this * embed_std_mean: a dead dimension
 STD_COLLAPSED = 1e-6       # embed_std_mean below this: constant embeddings
 RANK_FRACTION_LOW = 0.01   # embed_rank_frac below this: dimensional collapse
-
-
-def _pmean(x, axis_name):
-    return lax.pmean(x, axis_name) if axis_name is not None else x
 
 
 def effective_rank_from_scatter(s, n_global):
@@ -107,21 +105,17 @@ def embedding_health(z, *, axis_name: Optional[str] = None,
     """
     z = lax.stop_gradient(z).astype(jnp.float32)
     n_local = z.shape[0]
-    n_global = jnp.float32(n_local)
-    if axis_name is not None:
-        n_global = lax.psum(n_global, axis_name)
-    mean = _pmean(jnp.mean(z, axis=0), axis_name)
-    zc = z - mean
-    std = jnp.sqrt(_pmean(jnp.mean(zc * zc, axis=0), axis_name))
+    n_global = global_sum(jnp.float32(n_local), axis_name)
+    zc = z - batch_mean(z, axis_name)
+    std = jnp.sqrt(batch_mean(zc * zc, axis_name))
     out = {"embed_std_min": jnp.min(std), "embed_std_mean": jnp.mean(std)}
 
     sample = rank_sample(z.shape[1], rank_dims)
 
     def rank():
         zs = zc if sample is None else zc[:, sample]
-        s = jnp.einsum("nd,ne->de", zs, zs, precision=lax.Precision.HIGHEST)
-        if axis_name is not None:
-            s = lax.psum(s, axis_name)
+        s = global_sum(jnp.einsum("nd,ne->de", zs, zs, precision=lax.Precision.HIGHEST),
+                       axis_name)
         return effective_rank_from_scatter(s, n_global)
 
     def skip():

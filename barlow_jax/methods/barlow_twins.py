@@ -36,22 +36,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from barlow_jax.parallel import batch_mean, global_sum
 from barlow_jax.pictures import Picture, c_matrix_image
 
 BN_EPS = 1e-5
 MEAN_ABS_OFF_DIAG_HIGH = 0.5  # warnings(): dimensions strongly correlated across views
 
 
-def _global_mean(x, axis_name):
-    m = jnp.mean(x, axis=0)
-    return lax.pmean(m, axis_name) if axis_name is not None else m
-
-
 def batch_normalize(z, axis_name: Optional[str] = None, eps: float = BN_EPS):
     """Per-feature standardisation with mean and biased variance over the global batch."""
-    mean = _global_mean(z, axis_name)
+    mean = batch_mean(z, axis_name)
     zc = z - mean
-    var = _global_mean(zc * zc, axis_name)
+    var = batch_mean(zc * zc, axis_name)
     return zc * lax.rsqrt(var + eps)
 
 
@@ -61,10 +57,7 @@ def cross_correlation(z1, z2, axis_name: Optional[str] = None):
     z2n = batch_normalize(z2.astype(jnp.float32), axis_name)
     n = z1.shape[0]
     c = jnp.einsum("bi,bj->ij", z1n, z2n, precision=lax.Precision.HIGHEST)
-    if axis_name is not None:
-        c = lax.psum(c, axis_name)
-        n = lax.psum(n, axis_name)
-    return c / n
+    return global_sum(c, axis_name) / global_sum(n, axis_name)
 
 
 C_BLOCK = 64  # top-left block of C returned by method_loss for TensorBoard pictures
@@ -97,7 +90,7 @@ def _terms_gathered(z1n, z2n, axis_name):
     on = jnp.sum((1.0 - diag) ** 2)
     off = jnp.sum(block * block) - jnp.sum(diag * diag)
     abs_off = jnp.sum(jnp.abs(block)) - jnp.sum(jnp.abs(diag))
-    return lax.psum((on, off, abs_off), axis_name)
+    return global_sum((on, off, abs_off), axis_name)
 
 
 def _metrics(on_diag, off_diag, abs_off, d, lambd):
