@@ -4,9 +4,14 @@ The TensorBoard writer is self-contained (TFRecord framing + the few
 protobuf fields of ``Event``/``Summary`` it needs), so logging works on
 accelerator images that have no TensorFlow (FIELD_NOTES §7).
 
+Every writer has one interface, ``MetricWriter`` (as CLU's): ``write_scalars
+(step, values)``, ``write_image(step, tag, image)``, ``close()``;
+``MultiWriter`` sends to several, ``NullWriter`` drops everything.
+
 Files go through ``barlow_jax.paths`` (etils.epath), so a ``gs://`` workdir
 gets its logs in the bucket. In a multi-process run only process 0 builds
-these writers (train.py): one writer per shared file.
+these writers and the others get a ``NullWriter`` (telemetry.py): one
+writer per shared file.
 """
 
 from __future__ import annotations
@@ -17,24 +22,66 @@ import math
 import struct
 import sys
 import time
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional, Sequence
 
 import numpy as np
 
 from barlow_jax import paths
 
+# ---------------------------------------------------------------- the interface
+
+
+class MetricWriter:
+    """Where logged values go; this base class drops them (the ``NullWriter``)."""
+
+    def write_scalars(self, step: int, values: Dict[str, float]):
+        """``values``: the step's record; writers keep the numbers they can."""
+
+    def write_image(self, step: int, tag: str, image: np.ndarray):
+        """``image``: uint8 [H, W, 3]."""
+
+    def close(self):
+        pass
+
+
+NullWriter = MetricWriter  # what processes other than 0 write to
+
+
+class MultiWriter(MetricWriter):
+    """Sends everything to each of ``writers``, in order; closes them all."""
+
+    def __init__(self, writers: Sequence[MetricWriter]):
+        self.writers = list(writers)
+
+    def write_scalars(self, step: int, values: Dict[str, float]):
+        for w in self.writers:
+            w.write_scalars(step, values)
+
+    def write_image(self, step: int, tag: str, image: np.ndarray):
+        for w in self.writers:
+            w.write_image(step, tag, image)
+
+    def close(self):
+        for w in self.writers:
+            w.close()
+
+
 # ---------------------------------------------------------------- JSONL
 
 
-class JsonlWriter:
-    """Appends one JSON object per logged step to ``path``, flushed each time."""
+class JsonlWriter(MetricWriter):
+    """Appends one JSON object per logged step to ``path``, flushed each time.
+
+    The record is written as given (it carries its ``step``); images are not kept.
+    """
 
     def __init__(self, path: str):
         self.path = path
         self._f = paths.AppendFile(path)
 
-    def write(self, record: Dict):
-        self._f.write(json.dumps(record, sort_keys=True) + "\n")
+    def write_scalars(self, step: int, values: Dict):
+        del step  # the record carries it
+        self._f.write(json.dumps(values, sort_keys=True) + "\n")
 
     def close(self):
         self._f.close()
@@ -136,7 +183,7 @@ def _image_value(tag: str, image: np.ndarray) -> bytes:
     return _field_bytes(1, tag.encode()) + _field_bytes(4, img)
 
 
-class TensorBoardWriter:
+class TensorBoardWriter(MetricWriter):
     """Writes scalars and images to ``logdir/events.out.tfevents.*``."""
 
     def __init__(self, logdir: str):
@@ -155,13 +202,13 @@ class TensorBoardWriter:
         self._f.write(header + struct.pack("<I", _masked_crc(header)) + event +
                       struct.pack("<I", _masked_crc(event)))
 
-    def scalars(self, step: int, values: Dict[str, float]):
+    def write_scalars(self, step: int, values: Dict[str, float]):
         vals = b"".join(_field_bytes(1, _scalar_value(k, float(v)))
                         for k, v in values.items() if _is_number(v))
         if vals:
             self._write(_event(step, time.time(), summary=vals))
 
-    def image(self, step: int, tag: str, image: np.ndarray):
+    def write_image(self, step: int, tag: str, image: np.ndarray):
         self._write(_event(step, time.time(), summary=_field_bytes(1, _image_value(tag, image))))
 
     def close(self):
@@ -185,11 +232,12 @@ def format_seconds(s: float) -> str:
 
 
 def progress_line(step: int, total: int, steps_per_epoch: int, record: Dict,
-                  eta_seconds: float) -> str:
+                  eta_seconds: float, method_keys: Sequence = ()) -> str:
+    """``method_keys``: the method's ``(key, format)`` pairs, after the loss (Method.progress_keys)."""
     parts = [f"step {step}/{total}", f"epoch {step / max(steps_per_epoch, 1):.2f}",
              f"loss {record['loss']:.4f}"]
-    for key, fmt in (("on_diag", "{:.3f}"), ("off_diag", "{:.3f}"), ("knn_top1", "{:.3f}"),
-                     ("lr", "{:.3g}"), ("pairs_per_sec", "{:.1f}")):
+    for key, fmt in (*method_keys, ("knn_top1", "{:.3f}"), ("lr", "{:.3g}"),
+                     ("pairs_per_sec", "{:.1f}")):
         if key in record:
             parts.append(f"{key} " + fmt.format(record[key]))
     parts.append(f"ETA {format_seconds(eta_seconds)}")
@@ -204,7 +252,7 @@ def nonfinite_keys(record: Dict) -> Iterable[str]:
     return [k for k, v in record.items() if _is_number(v) and not math.isfinite(float(v))]
 
 
-class WandbWriter:
+class WandbWriter(MetricWriter):
     """The TensorBoardWriter's scalars and pictures, sent to Weights & Biases.
 
     Optional: built only when ``config.wandb.project`` is set, and then needs
@@ -237,12 +285,12 @@ class WandbWriter:
                          config=to_dict() if to_dict else dict(config))
         return cls(run, wandb)
 
-    def scalars(self, step: int, values: Dict[str, float]):
+    def write_scalars(self, step: int, values: Dict[str, float]):
         vals = {k: float(v) for k, v in values.items() if _is_number(v) and k != "step"}
         if vals:
             self._run.log(vals, step=int(step))
 
-    def image(self, step: int, tag: str, image: np.ndarray):
+    def write_image(self, step: int, tag: str, image: np.ndarray):
         self._run.log({tag: self._wandb.Image(np.asarray(image))}, step=int(step))
 
     def close(self):

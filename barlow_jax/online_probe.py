@@ -27,6 +27,8 @@ import numpy as np
 import optax
 from jax import lax
 
+from barlow_jax.parallel import global_sum
+
 
 def enabled(config) -> bool:
     return bool(config.get("online_probe", {}).get("enabled", False))
@@ -99,8 +101,7 @@ def probe_update(probe, feats, labels, tx, *, axis_name: Optional[str]):
     feats = lax.stop_gradient(feats).astype(jnp.float32)
     labels = labels.astype(jnp.int32)
     mask = (labels >= 0).astype(jnp.float32)
-    psum = (lambda x: lax.psum(x, axis_name)) if axis_name else (lambda x: x)
-    count = jnp.maximum(psum(jnp.sum(mask)), 1.0)
+    count = jnp.maximum(global_sum(jnp.sum(mask), axis_name), 1.0)
 
     def loss_fn(params):
         lg = logits(params, feats)
@@ -111,7 +112,8 @@ def probe_update(probe, feats, labels, tx, *, axis_name: Optional[str]):
     updates, opt_state = tx.update(grads, probe["opt_state"], probe["params"])
     params = optax.apply_updates(probe["params"], updates)
     hits = jnp.sum((jnp.argmax(lg, axis=-1) == labels).astype(jnp.float32) * mask)
-    metrics = {"online_loss": psum(loss), "online_top1": 100.0 * psum(hits) / count}
+    metrics = {"online_loss": global_sum(loss, axis_name),
+               "online_top1": 100.0 * global_sum(hits, axis_name) / count}
     return {"params": params, "opt_state": opt_state}, metrics
 
 

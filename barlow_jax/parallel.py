@@ -1,17 +1,46 @@
-"""Every sharding decision in one place: the 1-D data mesh and placements.
+"""Every sharding decision in one place: the 1-D data mesh, placements, batch reductions.
 
 All processes' devices form one axis named ``data``. Parameters, batch
 statistics and optimizer state are replicated (``P()``); batches and the
 device-resident dataset are split along their leading axis (``P('data')``).
+
+Losses and metrics reduce over that axis with the helpers below, which take
+``axis_name`` (the mapped axis inside ``jax.shard_map``, or None for one
+array on one device, where they are the identity):
+
+* ``global_sum(x, axis_name)``: the sum over devices (``psum``);
+* ``global_mean(x, axis_name)``: the mean over devices (``pmean``), the
+  global-batch mean of per-device means of equal-sized local batches;
+* ``batch_mean(x, axis_name)``: the mean over the GLOBAL batch of the rows
+  of ``x`` (leading axis), i.e. ``global_mean(mean(x, axis=0))``.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = "data"
+
+
+def global_sum(x, axis_name: Optional[str]):
+    """Sum over the devices of ``axis_name`` (a pytree works); identity without one."""
+    return lax.psum(x, axis_name) if axis_name is not None else x
+
+
+def global_mean(x, axis_name: Optional[str]):
+    """Mean over the devices of ``axis_name`` (a pytree works); identity without one."""
+    return lax.pmean(x, axis_name) if axis_name is not None else x
+
+
+def batch_mean(x, axis_name: Optional[str]):
+    """Mean of ``x``'s rows (leading axis) over the global batch (equal local batches)."""
+    return global_mean(jnp.mean(x, axis=0), axis_name)
 
 
 def make_mesh(devices=None) -> Mesh:

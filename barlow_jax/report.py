@@ -20,8 +20,8 @@ Writes into ``DIR/report/``:
 * ``summary.md``: run settings, last/best metrics, linear and semi-supervised
   results when present, collapse warnings, the pictures.
 
-``c_matrix_image`` (NumPy only) is what the trainer can log to
-TensorBoard. Matplotlib (Agg backend) is imported only to draw the PNGs.
+The C picture is ``pictures.c_matrix_image`` (NumPy only), the one the
+trainer logs to TensorBoard. Matplotlib (Agg backend) is imported only to draw the PNGs.
 """
 
 from __future__ import annotations
@@ -33,42 +33,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from barlow_jax import paths
-
-BLOCK = 64
-
-
-# ---------------------------------------------------------------- pure images
-
-def diverging_rgb(values, vmax: float = 1.0) -> np.ndarray:
-    """uint8 [..., 3]: blue (-vmax) -> white (0) -> red (+vmax), clipped."""
-    t = np.clip(np.asarray(values, np.float64) / vmax, -1.0, 1.0)[..., None]
-    white = np.array([1.0, 1.0, 1.0])
-    red, blue = np.array([0.70, 0.02, 0.15]), np.array([0.02, 0.19, 0.70])
-    rgb = np.where(t >= 0, white + t * (red - white), white - t * (blue - white))
-    return np.round(255.0 * rgb).astype(np.uint8)
-
-
-def c_block(c, size: int = BLOCK) -> np.ndarray:
-    """The top-left size x size block of a (D x D) matrix as float32 NumPy."""
-    c = np.asarray(c, np.float32)
-    return c[:size, :size]
-
-
-def c_matrix_image(c_block_values, scale: int = 4, gap: int = 8) -> np.ndarray:
-    """uint8 [H, W, 3] picture of a C block (left) beside the identity (right).
-
-    Colours: blue = -1, white = 0, red = +1; each entry is a ``scale`` x
-    ``scale`` square. NumPy only, so a TensorBoard writer can log it on any
-    machine: ``writer.image(step, 'cross_correlation', c_matrix_image(block))``.
-    """
-    block = np.asarray(c_block_values, np.float32)
-    if block.ndim != 2 or block.shape[0] != block.shape[1]:
-        raise ValueError(f"c_matrix_image needs a square 2-D block; got shape {block.shape}.")
-    up = lambda m: np.kron(m, np.ones((scale, scale)))
-    left = diverging_rgb(up(block))
-    right = diverging_rgb(up(np.eye(block.shape[0], dtype=np.float32)))
-    sep = np.full((left.shape[0], gap, 3), 255, np.uint8)
-    return np.concatenate([left, sep, right], axis=1)
+from barlow_jax.pictures import c_block
 
 
 # ---------------------------------------------------------------- metrics
@@ -96,7 +61,7 @@ def _savefig(fig, out_dir: str, name: str):
 
 
 def _series(records, key):
-    """(steps, values) of ``key``; -1 ranks mean "not computed" (eval/health.py)."""
+    """(steps, values) of ``key``; -1 ranks mean "not computed" (health.py)."""
     skip = -1.0 if key in ("embed_eff_rank", "embed_rank_frac") else None
     pts = [(r["step"], r[key]) for r in records
            if "step" in r and isinstance(r.get(key), (int, float)) and r[key] != skip]
@@ -274,7 +239,7 @@ def _fmt(v, digits=4):
 
 def write_summary(workdir: str, out_dir: str, records: List[Dict], pictures: List[str],
                   config=None, step: Optional[int] = None, stats=None) -> str:
-    from barlow_jax.eval.health import collapse_warnings, embedding_health
+    from barlow_jax.health import collapse_warnings, embedding_health
     lines = [f"# Run report: `{paths.absolute(workdir)}`", ""]
     if config is not None:
         lines += [f"- method: {config.method}; backbone {config.model.name} (width "
@@ -298,7 +263,8 @@ def write_summary(workdir: str, out_dir: str, records: List[Dict], pictures: Lis
             if knn[0]["step"] == 0 and len(knn) > 1:  # config.eval.knn_at_start
                 lines.append(f"Untrained network (step 0): {knn[0]['knn_top1']:.2f}%; last "
                              f"(step {knn[-1]['step']}): {knn[-1]['knn_top1']:.2f}%.")
-        warnings = collapse_warnings(last)
+        from barlow_jax.methods import METHODS
+        warnings = collapse_warnings(last, METHODS.get(config.method) if config else None)
         lines += ["", "## Collapse warnings (last logged step)", ""]
         lines += [f"- {w}" for w in warnings] if warnings else ["- none"]
     if stats is not None:

@@ -51,6 +51,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from barlow_jax import loss_scale, online_probe
+from barlow_jax.methods import ema
 from barlow_jax.parallel import AXIS
 from barlow_jax.state import TrainState
 
@@ -90,12 +91,6 @@ def forward_views(model, params, batch_stats, v1, v2, *, bn_views: str = "per_vi
     out2, upd = model.apply({"params": params, "batch_stats": upd["batch_stats"]}, v2,
                             train=True, mutable=["batch_stats"])
     return out1, out2, upd["batch_stats"]
-
-
-def ema_update(target, online, tau):
-    """target <- tau * target + (1 - tau) * online, for the leaves target has."""
-    return jax.tree.map(lambda t, o: tau * t + (1.0 - tau) * o, target,
-                        {k: online[k] for k in target})
 
 
 def train_step_body(state: TrainState, batch, device_data, seed_key, *, model, target_model,
@@ -146,8 +141,7 @@ def train_step_body(state: TrainState, batch, device_data, seed_key, *, model, t
     target = state.target
     if method.ema_target:
         tau = ema_tau(state.step)
-        target = {"params": ema_update(target["params"], params, tau),
-                  "batch_stats": new_target_bs}
+        target = ema.update_target(target, params, tau, new_target_bs)
         metrics["ema_tau"] = tau
     metrics = dict(metrics, loss=loss, grad_norm=_tree_norm(grads),
                    param_norm=_tree_norm(params))
@@ -176,13 +170,6 @@ def make_train_step(mesh, **kwargs):
     return jax.jit(mapped, donate_argnums=(0,))
 
 
-def ema_schedule(config, total_steps):
-    """BYOL's target decay tau(step) for ``config.loss`` over ``total_steps``."""
-    from barlow_jax.methods.ema import ema_decay
-    return lambda step: ema_decay(step, total_steps, base=config.loss.ema_start,
-                                  end=config.loss.ema_end)
-
-
 def step_settings(config):
     """The ``config.step`` levers with their defaults (configs written before them lack some)."""
     s = config.get("step", None) or {}
@@ -198,12 +185,12 @@ def build_train_step(config, mesh, *, method, tx, make_views, total_steps: int,
 
     Builds the online network (and BYOL's target) with BatchNorm over the
     ``data`` axis, the embedding health (effective rank on logged steps, on
-    at most ``config.step.health_rank_dims`` dimensions, eval/health.py) and
+    at most ``config.step.health_rank_dims`` dimensions, health.py) and
     the step levers of ``config.step``. ``make_views(batch, device_data,
     key) -> (v1, v2)`` comes from the data pipeline (or fixed views in the
     benchmark). Returns ``make_train_step``'s jitted function.
     """
-    from barlow_jax.eval.health import embedding_health
+    from barlow_jax.health import embedding_health
     from barlow_jax.models import build_ssl_net
 
     settings = step_settings(config)
@@ -213,6 +200,6 @@ def build_train_step(config, mesh, *, method, tx, make_views, total_steps: int,
         target_model=(build_ssl_net(config, axis_name=AXIS, with_predictor=False)
                       if method.ema_target else None),
         method=method, tx=tx, make_views=make_views, loss_config=config.loss,
-        ema_tau=ema_schedule(config, total_steps) if method.ema_target else None,
+        ema_tau=method.ema_tau(config.loss, total_steps) if method.ema_target else None,
         health=health, log_every_steps=config.log_every_steps, probe_tx=probe_tx,
         one_pass=settings["one_pass"], grad_reduction=settings["grad_reduction"])

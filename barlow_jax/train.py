@@ -9,25 +9,22 @@ from __future__ import annotations
 
 import collections
 import json
-import math
 import time
 from typing import Dict
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from barlow_jax import defaults as defaults_lib
 from barlow_jax import (accelerator, checkpointing, distributed, loss_scale,
                         metrics as metrics_lib, online_probe, parallel, paths, profiling)
 from barlow_jax.data import create_pipeline
-from barlow_jax.eval.health import collapse_warnings
 from barlow_jax.methods import get_method
 from barlow_jax.models import build_ssl_net, compute_dtype, compute_dtype_name, parse_widths
 from barlow_jax.optim import build_optimizer
-from barlow_jax.report import c_matrix_image
 from barlow_jax.state import TrainState
-from barlow_jax.steps import build_train_step, ema_schedule
+from barlow_jax.telemetry import Telemetry, scalars
+from barlow_jax.steps import build_train_step
 
 
 MAX_IN_FLIGHT = 2  # steps dispatched ahead of the one the host waits for
@@ -143,43 +140,68 @@ def init_state(config, method, tx, mesh, sample_shape, probe_tx=None) -> TrainSt
     return jax.jit(init, out_shardings=parallel.replicated(mesh))()
 
 
-_ema_schedule = ema_schedule  # the old name, kept for callers
+def _check_finite(fetched, steps, ckpt, config):
+    """Raises TrainingDiverged at the first step whose metrics are NaN/Inf (float16: a
+    skipped step is benign)."""
+    for s, m in zip(steps, fetched):
+        record = scalars(m)
+        bad = metrics_lib.nonfinite_keys(record)
+        if bad and not loss_scale.skip_is_benign(record):
+            good = ckpt.latest_step()
+            where = (f"the last good checkpoint is step {good} in {ckpt.directory}"
+                     if good is not None else "no checkpoint was written before it")
+            raise TrainingDiverged(
+                f"Training stopped at step {s}: {', '.join(sorted(bad))} became NaN/Inf; "
+                f"{where}. Rerun the same command with a lower learning rate (e.g. "
+                f"--config.optimizer.lr_weights={config.optimizer.lr_weights / 2:g}) or "
+                f"with --config.compute_dtype=float32 to resume from it (both may change "
+                f"on resume; see docs/faults.md).")
 
 
-def _scalars(metrics) -> Dict[str, float]:
-    """Host floats of the scalar metrics (pictures such as c_block are left out).
-
-    The health ranks' "not computed" marker (-1, eval/health.py) is dropped:
-    a key is absent rather than -1 in metrics.jsonl and the summaries.
-    """
-    from barlow_jax.eval.health import NOT_COMPUTED
-    out = {k: float(np.asarray(v)) for k, v in metrics.items() if np.ndim(v) == 0}
-    return {k: v for k, v in out.items()
-            if not (k in ("embed_eff_rank", "embed_rank_frac") and v == NOT_COMPUTED)}
-
-
-def _remaining_evals(step: int, total: int, eval_every: int, log_every: int) -> int:
-    """kNN evaluations still to come after ``step`` (they run at logged multiples)."""
-    if eval_every <= 0:
-        return 0
-    period = math.lcm(eval_every, log_every)
-    n = total // period - step // period
-    return n + (1 if total % period and step < total else 0)
+def _finished(workdir, start_step, total_steps, tag) -> Dict:
+    """The run is already complete: says how to extend it; returns its last record."""
+    print(f"{tag}The run in {workdir} is complete: its checkpoint is at step {start_step} and "
+          f"the config asks for {total_steps} steps; to train further, rerun with a larger "
+          f"total, e.g. --config.num_train_steps={max(start_step, total_steps) * 2} (the "
+          f"learning-rate schedule is then recomputed for the new total).", flush=True)
+    jsonl_path = paths.join(workdir, "metrics.jsonl")
+    records = metrics_lib.read_jsonl(jsonl_path) if paths.exists(jsonl_path) else []
+    return records[-1] if records else {}
 
 
-def _warning_kind(text: str) -> str:
-    return text.split("=")[0].split(" is ")[0]
+def _start_or_resume(config, workdir, ckpt, state, start_step, changed, tag):
+    """Writes config.json (process 0), or restores ``start_step`` and trims metrics.jsonl."""
+    is_lead = jax.process_index() == 0
+    distributed.barrier("config read")  # every process read config.json before it changes
+    if changed and is_lead:
+        print("Resuming with changed settings: " + "; ".join(
+            f"{k} {a!r} -> {b!r}" for k, a, b in changed if k != "data.arrays"), flush=True)
+        write_config(workdir, config)  # the next resume compares against these values
+    if not start_step:
+        if is_lead:
+            write_config(workdir, config)
+        return state
+    state = loss_scale.restore(ckpt.restore, state, start_step)  # onto this mesh
+    moved = (metrics_lib.truncate_after(paths.join(workdir, "metrics.jsonl"), start_step)
+             if is_lead else 0)
+    print(f"{tag}Resumed from {ckpt.directory}/{start_step}"
+          + (f" ({moved} log lines past it moved to metrics.jsonl.discarded)" if moved else ""),
+          flush=True)
+    return state
 
 
-def _new_warnings(current, warned: Dict[str, int], step: int):
-    """The warnings of ``current`` to print: a kind once, again only after it went away."""
-    kinds = {_warning_kind(w) for w in current}
-    out = [w for w in current if _warning_kind(w) not in warned]
-    for kind in list(warned):
-        if kind not in kinds:
-            del warned[kind]
-    warned.update({k: step for k in kinds if k not in warned})
-    return out
+def _knn_baseline(config, knn, state, workdir, start_step, telemetry):
+    """config.eval.knn_at_start: the untrained network's kNN (logged once, found on resume)."""
+    if knn is None or not config.eval.get("knn_at_start", False):
+        return
+    if start_step:
+        log_path = paths.join(workdir, "metrics.jsonl")
+        records = metrics_lib.read_jsonl(log_path) if paths.exists(log_path) else []
+        telemetry.knn_at_start(next((r for r in records if r.get("step") == 0
+                                     and "knn_top1" in r), None), write=False)
+    else:
+        telemetry.knn_at_start(dict(knn.evaluate(state.variables()), step=0, epoch=0.0),
+                               write=True)
 
 
 def train_and_evaluate(config, workdir: str) -> Dict:
@@ -188,6 +210,7 @@ def train_and_evaluate(config, workdir: str) -> Dict:
     Stops cleanly on SIGTERM/SIGINT after saving the current step. Raises
     TrainingDiverged on a NaN/Inf loss without overwriting good checkpoints.
     """
+    # Settings, mesh and workdir: refused early, in one sentence each.
     method = get_method(config.method)
     check_config(config, method)
     mesh = parallel.make_mesh()
@@ -198,46 +221,28 @@ def train_and_evaluate(config, workdir: str) -> Dict:
     ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
     start_step = ckpt.latest_step() or 0
     changed = check_resume_compatible(workdir, config) if start_step else []
+    tag = distributed.process_tag()
 
+    # Data, schedule, state.
     pipeline = create_pipeline(config.data, global_batch_size=config.batch_size,
                                seed=config.seed, mesh=mesh, start_step=start_step)
     steps_per_epoch = pipeline.steps_per_epoch
     total_steps = total_train_steps(config, steps_per_epoch)
     tx, schedules = build_optimizer(config.optimizer, batch_size=config.batch_size,
                                     steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-    tag = distributed.process_tag()
-    is_lead = jax.process_index() == 0
     if start_step >= total_steps:
         ckpt.close()
         pipeline.close()
-        print(f"{tag}The run in {workdir} is complete: its checkpoint is at step {start_step} and "
-              f"the config asks for {total_steps} steps; to train further, rerun with a larger "
-              f"total, e.g. --config.num_train_steps={max(start_step, total_steps) * 2} (the "
-              f"learning-rate schedule is then recomputed for the new total).", flush=True)
-        jsonl_path = paths.join(workdir, "metrics.jsonl")
-        records = metrics_lib.read_jsonl(jsonl_path) if paths.exists(jsonl_path) else []
-        return records[-1] if records else {}
-    size = config.data.image_size
+        return _finished(workdir, start_step, total_steps, tag)
     probe_tx = None
     if online_probe.enabled(config):
         online_probe.check_training_labels(config)
         probe_tx = online_probe.probe_tx(config.online_probe)
+    size = config.data.image_size
     state = init_state(config, method, tx, mesh, (2, size, size, 3), probe_tx)
-    distributed.barrier("config read")  # every process read config.json before it changes
-    if changed and is_lead:
-        print("Resuming with changed settings: " + "; ".join(
-            f"{k} {a!r} -> {b!r}" for k, a, b in changed if k != "data.arrays"), flush=True)
-        write_config(workdir, config)  # the next resume compares against these values
-    if start_step:
-        state = loss_scale.restore(ckpt.restore, state, start_step)  # onto this mesh
-        moved = (metrics_lib.truncate_after(paths.join(workdir, "metrics.jsonl"), start_step)
-                 if is_lead else 0)
-        print(f"{tag}Resumed from {ckpt.directory}/{start_step}"
-              + (f" ({moved} log lines past it moved to metrics.jsonl.discarded)" if moved else ""),
-              flush=True)
-    elif is_lead:
-        write_config(workdir, config)
+    state = _start_or_resume(config, workdir, ckpt, state, start_step, changed, tag)
 
+    # The step, the kNN monitor, the telemetry (process 0 writes, the others drop).
     step_fn = build_train_step(config, mesh, method=method, tx=tx,
                                make_views=pipeline.make_views, total_steps=total_steps,
                                probe_tx=probe_tx)
@@ -246,113 +251,21 @@ def train_and_evaluate(config, workdir: str) -> Dict:
     if config.eval_every_steps > 0:
         from barlow_jax.eval.knn import KnnMonitor
         knn = KnnMonitor(config, mesh)
-
-    # One writer per shared file: only process 0 logs (metrics.jsonl, TensorBoard, wandb).
-    jsonl = metrics_lib.JsonlWriter(paths.join(workdir, "metrics.jsonl")) if is_lead else None
-    tb = metrics_lib.TensorBoardWriter(paths.join(workdir, "tensorboard")) if is_lead else None
-    wb = metrics_lib.WandbWriter.from_config(config, workdir) if is_lead else None  # or None
+    telemetry = Telemetry.create(config, workdir, method, total_steps=total_steps,
+                                 steps_per_epoch=steps_per_epoch)
     processes = (f", {jax.process_count()} processes x {jax.local_device_count()}"
                  if jax.process_count() > 1 else "")
     print(f"{tag}Training {config.method} on {mesh.devices.size} device(s) "
           f"({jax.devices()[0].platform}{processes}, {compute_dtype_name(config)}): "
           f"{total_steps} steps of {config.batch_size} pairs, {steps_per_epoch} steps/epoch, "
           f"from step {start_step}; workdir {workdir}", flush=True)
-    knn_start = None  # config.eval.knn_at_start: the untrained network's kNN, the baseline
-    log_path = paths.join(workdir, "metrics.jsonl")
-    if knn is not None and start_step and config.eval.get("knn_at_start", False):
-        knn_start = next((r for r in (metrics_lib.read_jsonl(log_path) if paths.exists(
-            log_path) else []) if r.get("step") == 0 and "knn_top1" in r), None)
-    elif knn is not None and config.eval.get("knn_at_start", False):
-        knn_start = dict(knn.evaluate(state.variables()), step=0, epoch=0.0)
-        if is_lead:
-            jsonl.write(knn_start)
-            tb.scalars(0, knn_start)
-            print(f"kNN at step 0 (untrained network): top-1 {knn_start['knn_top1']:.2f}% top-5 "
-                  f"{knn_start['knn_top5']:.2f}% in {knn_start['knn_seconds']:.1f}s", flush=True)
+    _knn_baseline(config, knn, state, workdir, start_step, telemetry)
 
+    # The loop: step; at log/checkpoint/stop steps, fetch, check, log, save.
     step = start_step
     pending = []            # (step, device metrics) not yet fetched
     last_record: Dict = {}
-    t_mark, steps_mark = None, 0   # timing excludes the first (compiling) step
-    train_time = 0.0
-    eval_time = [0.0]
-    evals_done = [0]
-    warned: Dict[str, int] = {}  # warning kind -> last step it was printed
-
-    def flush(step_now: int, log: bool):
-        nonlocal t_mark, steps_mark, last_record, train_time
-        fetched = jax.device_get(distributed.wait_ready([m for _, m in pending]))
-        steps = [s for s, _ in pending]
-        pending.clear()
-        for s, m in zip(steps, fetched):
-            record = _scalars(m)
-            bad = metrics_lib.nonfinite_keys(record)
-            if bad and not loss_scale.skip_is_benign(record):  # float16: a skipped step
-                good = ckpt.latest_step()
-                where = (f"the last good checkpoint is step {good} in {ckpt.directory}"
-                         if good is not None else "no checkpoint was written before it")
-                raise TrainingDiverged(
-                    f"Training stopped at step {s}: {', '.join(sorted(bad))} became NaN/Inf; "
-                    f"{where}. Rerun the same command with a lower learning rate (e.g. "
-                    f"--config.optimizer.lr_weights={config.optimizer.lr_weights / 2:g}) or "
-                    f"with --config.compute_dtype=float32 to resume from it (both may change "
-                    f"on resume; see docs/faults.md).")
-        if not log or not steps:
-            return
-        now = time.time()
-        record = _scalars(fetched[-1])
-        record["step"] = step_now
-        record["epoch"] = step_now / steps_per_epoch
-        for name, sched in schedules.items():
-            record[name] = float(sched(step_now - 1))  # the rate used by this update
-        if t_mark is not None and step_now > steps_mark:
-            dt = now - t_mark
-            train_time += dt
-            record["step_time"] = dt / (step_now - steps_mark)
-            record["pairs_per_sec"] = config.batch_size / record["step_time"]
-        t_mark, steps_mark = now, step_now
-        record.update(pipeline.stats())
-        evaluated = knn is not None and (step_now % config.eval_every_steps == 0
-                                         or step_now == total_steps)
-        if evaluated:
-            record.update(knn.evaluate(state.variables(), probe=state.probe))
-            eval_time[0] += record["knn_seconds"]
-            evals_done[0] += 1
-            record["knn_time_fraction"] = eval_time[0] / max(train_time + eval_time[0], 1e-9)
-            t_mark = time.time()  # evaluation time is not training time
-        last_record = record
-        if is_lead:
-            jsonl.write(record)
-            tb.scalars(step_now, record)
-            if wb is not None:
-                wb.scalars(step_now, record)
-            c = fetched[-1].get("c_block")
-            if c is not None and (evaluated or step_now % config.checkpoint_every_steps == 0
-                                  or step_now == total_steps):
-                tb.image(step_now, "cross_correlation_vs_identity", c_matrix_image(np.asarray(c)))
-                if wb is not None:
-                    wb.image(step_now, "cross_correlation_vs_identity",
-                             c_matrix_image(np.asarray(c)))
-            for warning in _new_warnings(collapse_warnings(record), warned, step_now):
-                print(f"warning at step {step_now}: {warning} (printed once while it "
-                      f"lasts; the values are in metrics.jsonl)", flush=True)
-            if evaluated:
-                print(f"kNN at step {step_now}: top-1 {record['knn_top1']:.2f}% top-5 "
-                      f"{record['knn_top5']:.2f}% in {record['knn_seconds']:.1f}s "
-                      f"({100 * record['knn_time_fraction']:.1f}% of the run's time so far)"
-                      + (f"; untrained network: top-1 {knn_start['knn_top1']:.2f}%"
-                         if knn_start else ""), flush=True)
-            eta = (total_steps - step_now) * record.get("step_time", float("nan"))
-            evals_left = _remaining_evals(step_now, total_steps, config.eval_every_steps,
-                                          config.log_every_steps) if knn is not None else 0
-            note = ""
-            if evals_left and evals_done[0]:  # projected kNN time, from the ones so far
-                eta += evals_left * eval_time[0] / evals_done[0]
-            elif evals_left:
-                note = f" + {evals_left} kNN evaluation(s)"
-            metrics_lib.print_progress(metrics_lib.progress_line(
-                step_now, total_steps, steps_per_epoch, record, eta) + note)
-
+    clock = telemetry.clock  # timing excludes the first (compiling) step and kNN evaluations
     profiler = profiling.StepProfiler(config.get("profile_steps", ""),
                                       paths.join(workdir, "profile"), first_step=start_step)
     t_start = time.time()
@@ -373,19 +286,34 @@ def train_and_evaluate(config, workdir: str) -> Dict:
                 in_flight.append(m["loss"])
                 if len(in_flight) > MAX_IN_FLIGHT:
                     distributed.wait_ready(in_flight.popleft())
-                if t_mark is None:
+                if not clock.started:
                     distributed.wait_ready(m)
-                    t_mark, steps_mark = time.time(), step
-                    if is_lead:
-                        print(f"step {step} done in {t_mark - t_start:.1f}s (compilation included); "
-                              f"next progress line at a multiple of {config.log_every_steps}",
-                              flush=True)
+                    clock.start(step)
+                    telemetry.say(f"step {step} done in {clock.mark - t_start:.1f}s (compilation "
+                                  f"included); next progress line at a multiple of "
+                                  f"{config.log_every_steps}")
                 # The same answer on every process at this step (distributed.StopAgreement).
                 stop_reason = stop.check(step)
                 log_now = step % config.log_every_steps == 0 or step == total_steps
                 save_now = step % config.checkpoint_every_steps == 0 or step == total_steps
                 if log_now or save_now or stop_reason:
-                    flush(step, log=log_now or bool(stop_reason))
+                    fetched = jax.device_get(distributed.wait_ready([m for _, m in pending]))
+                    _check_finite(fetched, [s for s, _ in pending], ckpt, config)
+                    pending.clear()
+                    if log_now or stop_reason:
+                        record = scalars(fetched[-1])
+                        record.update(step=step, epoch=step / steps_per_epoch)
+                        for name, sched in schedules.items():
+                            record[name] = float(sched(step - 1))  # the rate of this update
+                        clock.lap(step, record, config.batch_size)
+                        record.update(pipeline.stats())
+                        evaluated = knn is not None and (step % config.eval_every_steps == 0
+                                                         or step == total_steps)
+                        if evaluated:
+                            record.update(knn.evaluate(state.variables(), probe=state.probe))
+                            clock.evaluated(record)
+                        telemetry.log(step, record, fetched[-1], evaluated=evaluated)
+                        last_record = record
                 if save_now or stop_reason:
                     ckpt.save(step, state)
                 if stop_reason:
@@ -406,9 +334,5 @@ def train_and_evaluate(config, workdir: str) -> Dict:
         if not peer_lost:  # closing waits for the save barrier, which a dead peer never joins
             ckpt.close()
         pipeline.close()
-        if jsonl is not None:
-            jsonl.close()
-            tb.close()
-        if wb is not None:
-            wb.close()
+        telemetry.close()
     return last_record

@@ -143,16 +143,18 @@ def test_config_file_faults_via_cli(tmp_path):
 
 
 def test_progress_helpers_eta_markers_and_warnings_once():
-    from barlow_jax.eval.health import NOT_COMPUTED, collapse_warnings
-    assert train._remaining_evals(0, 100, 10, 5) == 10
-    assert train._remaining_evals(95, 100, 30, 5) == 1  # the final evaluation
-    assert train._remaining_evals(100, 100, 10, 5) == 0 and train._remaining_evals(0, 9, 0, 1) == 0
-    rec = train._scalars({"loss": np.float32(1.0), "embed_eff_rank": np.float32(NOT_COMPUTED),
-                          "embed_rank_frac": np.float32(NOT_COMPUTED)})
+    from barlow_jax import telemetry
+    from barlow_jax.health import NOT_COMPUTED, collapse_warnings
+    assert telemetry.remaining_evals(0, 100, 10, 5) == 10
+    assert telemetry.remaining_evals(95, 100, 30, 5) == 1  # the final evaluation
+    assert telemetry.remaining_evals(100, 100, 10, 5) == 0
+    assert telemetry.remaining_evals(0, 9, 0, 1) == 0
+    rec = telemetry.scalars({"loss": np.float32(1.0), "embed_eff_rank": np.float32(NOT_COMPUTED),
+                             "embed_rank_frac": np.float32(NOT_COMPUTED)})
     assert rec == {"loss": 1.0}  # the "not computed" marker never reaches the logs
     warned = {}
     dead = lambda v: collapse_warnings({"embed_std_min": v, "embed_std_mean": 1.0})
-    assert len(train._new_warnings(dead(1e-5), warned, 2)) == 1
-    assert train._new_warnings(dead(2e-5), warned, 4) == []   # same kind, other value: quiet
-    assert train._new_warnings(dead(0.5), warned, 6) == []    # healthy again
-    assert len(train._new_warnings(dead(1e-5), warned, 8)) == 1  # came back: printed again
+    assert len(telemetry.new_warnings(dead(1e-5), warned, 2)) == 1
+    assert telemetry.new_warnings(dead(2e-5), warned, 4) == []   # same kind, other value: quiet
+    assert telemetry.new_warnings(dead(0.5), warned, 6) == []    # healthy again
+    assert len(telemetry.new_warnings(dead(1e-5), warned, 8)) == 1  # came back: printed again

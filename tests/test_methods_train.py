@@ -28,7 +28,6 @@ from barlow_jax.models import MLPHead, build_ssl_net
 from barlow_jax.optim import build_optimizer
 from barlow_jax.state import TrainState
 from barlow_jax.steps import make_train_step
-from barlow_jax.train import _ema_schedule
 from configs import smoke
 from tests.cli_helpers import straight_and_interrupted_runs
 
@@ -224,7 +223,7 @@ def _run_step(n_dev, config, views, initial):
         target_model=(build_ssl_net(config, axis_name="data", with_predictor=False)
                       if method.ema_target else None),
         method=method, tx=tx, make_views=_fixed_views, loss_config=config.loss,
-        ema_tau=_ema_schedule(config, 10) if method.ema_target else None)
+        ema_tau=method.ema_tau(config.loss, 10) if method.ema_target else None)
     batch = jax.device_put(views, NamedSharding(mesh, P("data")))
     key = parallel.replicate(jax.random.key_data(jax.random.key(0)), mesh)
     new_state, metrics = step(state, batch, None, key)

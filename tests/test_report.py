@@ -13,7 +13,7 @@ import pytest
 from tests.cli_helpers import write_untrained_run
 from PIL import Image
 
-from barlow_jax import report
+from barlow_jax import pictures, report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -52,7 +52,7 @@ def workdir(tmp_path_factory):
 
 def test_c_matrix_image_colours():
     block = np.array([[1.0, -1.0], [0.0, 0.5]], np.float32)
-    img = report.c_matrix_image(block, scale=3, gap=2)
+    img = pictures.c_matrix_image(block, scale=3, gap=2)
     assert img.dtype == np.uint8 and img.shape == (6, 3 * 2 + 2 + 3 * 2, 3)
     red, blue, white = img[0, 0], img[0, 3], img[3, 0]
     assert red[0] > 150 and red[2] < 60            # +1 is red
@@ -66,7 +66,7 @@ def test_c_matrix_image_colours():
     Image.fromarray(img).save(buf, format="PNG")
     assert buf.getvalue()[:8] == PNG_MAGIC
     with pytest.raises(ValueError, match="square"):
-        report.c_matrix_image(np.zeros((2, 3)))
+        pictures.c_matrix_image(np.zeros((2, 3)))
 
 
 def test_curves_from_hand_made_metrics(tmp_path):

@@ -65,10 +65,10 @@ def test_offline_run_holds_the_scalars_and_the_picture(tmp_path, monkeypatch):
     work = str(tmp_path / "run")
     os.makedirs(work)
     writer = metrics_lib.WandbWriter.from_config(c, work)
-    writer.scalars(1, {"step": 1, "loss": 1.5, "lr": 0.25, "note": "text is skipped"})
-    writer.scalars(2, {"step": 2, "loss": 1.25, "lr": 0.5})
+    writer.write_scalars(1, {"step": 1, "loss": 1.5, "lr": 0.25, "note": "text is skipped"})
+    writer.write_scalars(2, {"step": 2, "loss": 1.25, "lr": 0.5})
     picture = (np.arange(8 * 8 * 3) % 255).astype(np.uint8).reshape(8, 8, 3)
-    writer.image(2, "cross_correlation_vs_identity", picture)
+    writer.write_image(2, "cross_correlation_vs_identity", picture)
     writer.close()
 
     runs = glob.glob(os.path.join(work, "wandb", "offline-run-*", "run-*.wandb"))

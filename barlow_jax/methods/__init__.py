@@ -1,7 +1,9 @@
 """The explicit registry of self-supervised methods.
 
-A method is a pure loss over the two views' network outputs plus two flags
-the step needs. Adding one touches its own file and one entry below.
+A method is a pure loss over the two views' network outputs plus what the
+step and the loop's telemetry need to know about it. Adding one touches its
+own file (and configs) and one entry below; train.py and steps.py name no
+method's metrics.
 
 ``loss(out1, out2, tgt1, tgt2, loss_config, axis_name) -> (loss, metrics)``:
 
@@ -18,14 +20,31 @@ statistics, as two forward passes in PyTorch: Barlow Twins, VICReg, BYOL,
 SimSiam official code) or ``'joint'`` (one set of statistics over both
 views: the official SimCLR model runs once on the concatenated views).
 steps.py runs both views in one pass either way (``config.step.one_pass``).
+
+What the loop reports (telemetry.py):
+
+* ``progress_keys``: ``(metric, format)`` pairs shown on the progress line
+  after the loss, e.g. Barlow Twins' ``on_diag``/``off_diag``.
+* ``pictures``: ``pictures.Picture``s drawn from non-scalar metrics (Barlow
+  Twins' ``c_block``), logged on evaluated/checkpointed/last steps.
+* ``warnings(record) -> [str]``: the method's own collapse warnings, added
+  to the embedding-health ones (health.py).
+* ``ema_tau(loss_config, total_steps) -> tau(step)``: the target's decay
+  schedule, for methods with ``ema_target`` (BYOL, methods/ema.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
-from barlow_jax.methods import barlow_twins, byol, simclr, simsiam, vicreg
+from barlow_jax.methods import barlow_twins, byol, ema, simclr, simsiam, vicreg
+from barlow_jax.pictures import Picture
+
+
+def no_warnings(record: Mapping) -> List[str]:
+    del record
+    return []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,13 +54,20 @@ class Method:
     needs_predictor: bool = False
     ema_target: bool = False
     bn_views: str = "per_view"
+    progress_keys: Tuple[Tuple[str, str], ...] = ()
+    pictures: Tuple[Picture, ...] = ()
+    warnings: Callable[[Mapping], List[str]] = no_warnings
+    ema_tau: Optional[Callable] = None
 
 
 METHODS: Dict[str, Method] = {
-    "barlow_twins": Method("barlow_twins", barlow_twins.method_loss),
+    "barlow_twins": Method("barlow_twins", barlow_twins.method_loss,
+                           progress_keys=barlow_twins.PROGRESS_KEYS,
+                           pictures=barlow_twins.PICTURES, warnings=barlow_twins.warnings),
     "vicreg": Method("vicreg", vicreg.method_loss),
     "simclr": Method("simclr", simclr.method_loss, bn_views="joint"),
-    "byol": Method("byol", byol.method_loss, needs_predictor=True, ema_target=True),
+    "byol": Method("byol", byol.method_loss, needs_predictor=True, ema_target=True,
+                   ema_tau=ema.schedule),
     "simsiam": Method("simsiam", simsiam.method_loss, needs_predictor=True),
 }
 

@@ -28,25 +28,26 @@ divisible by the device count and falls back to the psum otherwise.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+import math
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
+from barlow_jax.parallel import batch_mean, global_sum
+from barlow_jax.pictures import Picture, c_matrix_image
+
 BN_EPS = 1e-5
-
-
-def _global_mean(x, axis_name):
-    m = jnp.mean(x, axis=0)
-    return lax.pmean(m, axis_name) if axis_name is not None else m
+MEAN_ABS_OFF_DIAG_HIGH = 0.5  # warnings(): dimensions strongly correlated across views
 
 
 def batch_normalize(z, axis_name: Optional[str] = None, eps: float = BN_EPS):
     """Per-feature standardisation with mean and biased variance over the global batch."""
-    mean = _global_mean(z, axis_name)
+    mean = batch_mean(z, axis_name)
     zc = z - mean
-    var = _global_mean(zc * zc, axis_name)
+    var = batch_mean(zc * zc, axis_name)
     return zc * lax.rsqrt(var + eps)
 
 
@@ -56,10 +57,7 @@ def cross_correlation(z1, z2, axis_name: Optional[str] = None):
     z2n = batch_normalize(z2.astype(jnp.float32), axis_name)
     n = z1.shape[0]
     c = jnp.einsum("bi,bj->ij", z1n, z2n, precision=lax.Precision.HIGHEST)
-    if axis_name is not None:
-        c = lax.psum(c, axis_name)
-        n = lax.psum(n, axis_name)
-    return c / n
+    return global_sum(c, axis_name) / global_sum(n, axis_name)
 
 
 C_BLOCK = 64  # top-left block of C returned by method_loss for TensorBoard pictures
@@ -92,7 +90,7 @@ def _terms_gathered(z1n, z2n, axis_name):
     on = jnp.sum((1.0 - diag) ** 2)
     off = jnp.sum(block * block) - jnp.sum(diag * diag)
     abs_off = jnp.sum(jnp.abs(block)) - jnp.sum(jnp.abs(diag))
-    return lax.psum((on, off, abs_off), axis_name)
+    return global_sum((on, off, abs_off), axis_name)
 
 
 def _metrics(on_diag, off_diag, abs_off, d, lambd):
@@ -140,3 +138,29 @@ def method_loss(out1, out2, tgt1, tgt2, loss_config, axis_name):
                                  c_reduction=getattr(loss_config, "c_reduction", "gather"))
     metrics["c_block"] = c_top_left(out1["z"], out2["z"], axis_name)
     return loss, metrics
+
+
+# What the training loop shows of this method (methods/__init__.py, telemetry.py).
+PROGRESS_KEYS = (("on_diag", "{:.3f}"), ("off_diag", "{:.3f}"))
+PICTURES = (Picture("cross_correlation_vs_identity", "c_block", c_matrix_image),)
+
+
+def warnings(metrics: Mapping) -> List[str]:
+    """Barlow Twins' own warnings for logged metrics; [] when healthy.
+
+    * on_diag / off_diag not finite;
+    * mean_abs_off_diag > 0.5: off-diagonal |C_ij| far from the 0 the loss
+      asks for, the embedding dimensions are redundant.
+    """
+    out: List[str] = []
+    values = {k: float(np.asarray(metrics[k])) for k in ("on_diag", "off_diag",
+                                                          "mean_abs_off_diag") if k in metrics}
+    for key in ("on_diag", "off_diag"):
+        if key in values and not math.isfinite(values[key]):
+            out.append(f"{key} is {values[key]}: training has diverged; lower the learning rate "
+                       f"or use float32 compute.")
+    off = values.get("mean_abs_off_diag")
+    if off is not None and math.isfinite(off) and off > MEAN_ABS_OFF_DIAG_HIGH:
+        out.append(f"mean_abs_off_diag={off:.3g} > {MEAN_ABS_OFF_DIAG_HIGH}: the "
+                   f"embedding dimensions are strongly correlated across views.")
+    return out

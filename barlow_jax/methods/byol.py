@@ -26,18 +26,14 @@ import jax.numpy as jnp
 from jax import lax
 
 from barlow_jax.methods.simclr import l2_normalize
-
-
-def _global_mean(x, axis_name):
-    m = jnp.mean(x)
-    return lax.pmean(m, axis_name) if axis_name is not None else m
+from barlow_jax.parallel import batch_mean
 
 
 def mean_cosine(p, z, axis_name: Optional[str] = None):
     """Global-batch mean of cos(p_b, sg(z_b)) for [N_local, D] arrays, in float32."""
     z = lax.stop_gradient(z)
     cos = jnp.sum(l2_normalize(p) * l2_normalize(z), axis=-1)
-    return _global_mean(cos, axis_name)
+    return batch_mean(cos, axis_name)
 
 
 def byol_loss(p, z_target, *, axis_name: Optional[str] = None) -> jax.Array:

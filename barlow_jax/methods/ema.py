@@ -42,6 +42,12 @@ def ema_decay(step, total_steps, base: float = 0.996, end: float = 1.0) -> jax.A
     return end - (end - base) * (jnp.cos(jnp.pi * progress) + 1.0) / 2.0
 
 
+def schedule(loss_config, total_steps):
+    """tau(step) of ``config.loss`` (``ema_start`` -> ``ema_end``) over ``total_steps``."""
+    return lambda step: ema_decay(step, total_steps, base=loss_config.ema_start,
+                                  end=loss_config.ema_end)
+
+
 def ema_update(target, online, tau):
     """tau * target + (1 - tau) * online, leaf by leaf over pytrees of the same structure.
 

@@ -40,6 +40,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from barlow_jax.parallel import global_sum
+
 LARGE_NUM = 1e9
 NORM_EPS = 1e-12
 
@@ -92,8 +94,7 @@ def info_nce(z1, z2, *, temperature: float = 0.1,
     per_anchor = jax.nn.logsumexp(logits, axis=1) - pos_logit
     correct = (jnp.argmax(logits, axis=1) == pos_idx).astype(jnp.float32)
     total, hits = jnp.sum(per_anchor), jnp.sum(correct)
-    if axis_name is not None:
-        total, hits = lax.psum(total, axis_name), lax.psum(hits, axis_name)
+    total, hits = global_sum((total, hits), axis_name)
     return total / (2 * n_global), {"accuracy": hits / (2 * n_global)}
 
 

@@ -22,6 +22,7 @@ from jax import lax
 
 from barlow_jax.methods.byol import mean_cosine
 from barlow_jax.methods.simclr import l2_normalize
+from barlow_jax.parallel import batch_mean
 
 
 def negative_cosine(p, z, *, axis_name: Optional[str] = None) -> jax.Array:
@@ -40,9 +41,8 @@ def normalized_std(z, axis_name: Optional[str] = None) -> jax.Array:
     Population (biased) std; no gradient.
     """
     h = l2_normalize(lax.stop_gradient(z))
-    pmean = (lambda x: lax.pmean(x, axis_name)) if axis_name is not None else (lambda x: x)
-    hc = h - pmean(jnp.mean(h, axis=0))
-    return jnp.mean(jnp.sqrt(pmean(jnp.mean(hc * hc, axis=0))))
+    hc = h - batch_mean(h, axis_name)
+    return jnp.mean(jnp.sqrt(batch_mean(hc * hc, axis_name)))
 
 
 def simsiam(p1, p2, z1, z2, *,

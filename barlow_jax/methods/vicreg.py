@@ -30,23 +30,21 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from barlow_jax.parallel import global_mean, global_sum
+
 STD_EPS = 1e-4
-
-
-def _psum(x, axis_name):
-    return lax.psum(x, axis_name) if axis_name is not None else x
 
 
 def _variance_covariance(z, axis_name: Optional[str]):
     """Returns (variance term, covariance term) of one view over the global batch."""
-    n = _psum(z.shape[0], axis_name)
+    n = global_sum(z.shape[0], axis_name)
     d = z.shape[1]
-    mean = _psum(jnp.sum(z, axis=0), axis_name) / n
+    mean = global_sum(jnp.sum(z, axis=0), axis_name) / n
     zc = z - mean
-    var = _psum(jnp.sum(zc * zc, axis=0), axis_name) / (n - 1)
+    var = global_sum(jnp.sum(zc * zc, axis=0), axis_name) / (n - 1)
     std = jnp.sqrt(var + STD_EPS)
     std_term = jnp.mean(jax.nn.relu(1.0 - std))
-    cov = _psum(jnp.einsum("bi,bj->ij", zc, zc, precision=lax.Precision.HIGHEST),
+    cov = global_sum(jnp.einsum("bi,bj->ij", zc, zc, precision=lax.Precision.HIGHEST),
                 axis_name) / (n - 1)
     # Mask the diagonal rather than subtracting it: at D = 8192 the diagonal
     # dominates sum(cov^2) and the difference would lose float32 digits.
@@ -71,9 +69,7 @@ def vicreg(z1, z2, *, sim_coeff: float = 25.0, std_coeff: float = 25.0,
                          f"{z1.shape} and {z2.shape}.")
     z1 = z1.astype(jnp.float32)
     z2 = z2.astype(jnp.float32)
-    invariance = jnp.mean((z1 - z2) ** 2)
-    if axis_name is not None:
-        invariance = lax.pmean(invariance, axis_name)
+    invariance = global_mean(jnp.mean((z1 - z2) ** 2), axis_name)
     std1, cov1 = _variance_covariance(z1, axis_name)
     std2, cov2 = _variance_covariance(z2, axis_name)
     variance = std1 / 2 + std2 / 2

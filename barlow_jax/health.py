@@ -38,7 +38,8 @@ see docs/evaluation.md. Two limits keep it small:
   for projectors up to 2048 wide, 8192 -> 2048 for Barlow Twins' 8192:
   a 16 MB instead of 268 MB all-reduce and a 64x cheaper eigvalsh).
 
-``collapse_warnings(metrics)`` turns logged values into readable warnings.
+``collapse_warnings(metrics, method)`` turns logged values into readable
+warnings, the method's own (``Method.warnings``) included.
 """
 
 from __future__ import annotations
@@ -51,17 +52,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from barlow_jax.parallel import batch_mean, global_sum
+
 NOT_COMPUTED = -1.0
 
 # Thresholds of collapse_warnings (heuristics; see its docstring).
 STD_DEAD_RATIO = 1e-3      # embed_std_min < this * embed_std_mean: a dead dimension
 STD_COLLAPSED = 1e-6       # embed_std_mean below this: constant embeddings
 RANK_FRACTION_LOW = 0.01   # embed_rank_frac below this: dimensional collapse
-MEAN_ABS_OFF_DIAG_HIGH = 0.5  # Barlow Twins: dimensions strongly correlated across views
-
-
-def _pmean(x, axis_name):
-    return lax.pmean(x, axis_name) if axis_name is not None else x
 
 
 def effective_rank_from_scatter(s, n_global):
@@ -107,21 +105,17 @@ def embedding_health(z, *, axis_name: Optional[str] = None,
     """
     z = lax.stop_gradient(z).astype(jnp.float32)
     n_local = z.shape[0]
-    n_global = jnp.float32(n_local)
-    if axis_name is not None:
-        n_global = lax.psum(n_global, axis_name)
-    mean = _pmean(jnp.mean(z, axis=0), axis_name)
-    zc = z - mean
-    std = jnp.sqrt(_pmean(jnp.mean(zc * zc, axis=0), axis_name))
+    n_global = global_sum(jnp.float32(n_local), axis_name)
+    zc = z - batch_mean(z, axis_name)
+    std = jnp.sqrt(batch_mean(zc * zc, axis_name))
     out = {"embed_std_min": jnp.min(std), "embed_std_mean": jnp.mean(std)}
 
     sample = rank_sample(z.shape[1], rank_dims)
 
     def rank():
         zs = zc if sample is None else zc[:, sample]
-        s = jnp.einsum("nd,ne->de", zs, zs, precision=lax.Precision.HIGHEST)
-        if axis_name is not None:
-            s = lax.psum(s, axis_name)
+        s = global_sum(jnp.einsum("nd,ne->de", zs, zs, precision=lax.Precision.HIGHEST),
+                       axis_name)
         return effective_rank_from_scatter(s, n_global)
 
     def skip():
@@ -147,23 +141,23 @@ def _value(metrics: Mapping, key: str) -> Optional[float]:
         return None
 
 
-def collapse_warnings(metrics: Mapping) -> List[str]:
+def collapse_warnings(metrics: Mapping, method=None) -> List[str]:
     """Readable warnings for logged metrics (python floats or arrays); [] when healthy.
 
     Rules (heuristics, thresholds are the module constants):
-      * any of loss / embed_* / on_diag / off_diag not finite;
+      * any of loss / embed_* not finite;
       * embed_std_mean < 1e-6: all embeddings (nearly) identical;
       * embed_std_min < 1e-3 * embed_std_mean: at least one dead dimension;
       * 0 <= embed_rank_frac < 0.01, or embed_eff_rank < 2 where a rank above
         2 is possible:
         the embeddings span a tiny subspace (dimensional collapse);
-      * mean_abs_off_diag > 0.5 (Barlow Twins): off-diagonal |C_ij| far from
-        the 0 the loss asks for, dimensions are redundant.
+      * then ``method.warnings(metrics)`` (a ``methods.Method``), e.g. Barlow
+        Twins' mean_abs_off_diag > 0.5.
     Values equal to -1 (not computed) are ignored.
     """
     warnings: List[str] = []
-    for key in ("loss", "on_diag", "off_diag", "embed_std_min", "embed_std_mean",
-                "embed_eff_rank", "embed_rank_frac"):
+    for key in ("loss", "embed_std_min", "embed_std_mean", "embed_eff_rank",
+                "embed_rank_frac"):
         v = _value(metrics, key)
         if v is not None and not math.isfinite(v):
             warnings.append(f"{key} is {v}: training has diverged; lower the learning rate or "
@@ -183,8 +177,6 @@ def collapse_warnings(metrics: Mapping) -> List[str]:
             frac < RANK_FRACTION_LOW or (0 <= erank < 2.0 and max_rank > 2.0)):
         warnings.append(f"embed_eff_rank={erank:.3g} ({100 * frac:.2f}% of the possible rank): "
                         f"the embeddings span a tiny subspace (dimensional collapse).")
-    off = _value(metrics, "mean_abs_off_diag")
-    if off is not None and math.isfinite(off) and off > MEAN_ABS_OFF_DIAG_HIGH:
-        warnings.append(f"mean_abs_off_diag={off:.3g} > {MEAN_ABS_OFF_DIAG_HIGH}: the "
-                        f"embedding dimensions are strongly correlated across views.")
+    if method is not None:
+        warnings += method.warnings(metrics)
     return warnings

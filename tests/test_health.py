@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
-from barlow_jax.eval.health import collapse_warnings, embedding_health
+from barlow_jax.health import collapse_warnings, embedding_health
+from barlow_jax.methods import get_method
 
 
 def numpy_erank(z):
@@ -106,13 +107,16 @@ def test_warnings():
     assert len(dead) == 1 and "dead" in dead[0]
     low_rank = collapse_warnings(dict(healthy, embed_eff_rank=1.2, embed_rank_frac=0.04))
     assert len(low_rank) == 1 and "dimensional collapse" in low_rank[0]
-    assert "correlated" in collapse_warnings(dict(healthy, mean_abs_off_diag=0.9))[0]
+    bt = get_method("barlow_twins")
+    assert collapse_warnings(dict(healthy, mean_abs_off_diag=0.9)) == []  # a method's own rule
+    assert "correlated" in collapse_warnings(dict(healthy, mean_abs_off_diag=0.9), bt)[0]
+    assert "diverged" in collapse_warnings(dict(healthy, on_diag=float("inf")), bt)[0]
     assert "diverged" in collapse_warnings(dict(healthy, loss=float("nan")))[0]
 
 
 def test_rank_on_a_sample_of_dimensions():
     """rank_dims=K < D: the rank of K fixed, evenly spaced coordinates; std over all D."""
-    from barlow_jax.eval.health import rank_sample
+    from barlow_jax.health import rank_sample
     z = np.random.default_rng(6).normal(size=(64, 48)).astype(np.float32) * np.linspace(
         0.2, 3.0, 48).astype(np.float32)
     idx = rank_sample(48, 16)
