@@ -341,6 +341,8 @@ def main(argv=None):
     distributed.define_flags(flags)  # a checkpoint of any topology loads on this one
 
     def run(argv):
+        from absl import logging
+        logging.set_verbosity(logging.WARNING)  # JAX's backend notices at INFO
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
         f = flags.FLAGS

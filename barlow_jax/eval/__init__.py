@@ -2,12 +2,12 @@
 
 * ``knn``: weighted kNN classifier and the ``KnnMonitor`` the trainer runs.
 * ``features``: labelled eval sets and sharded inference-mode embedding.
-* ``health``: collapse statistics computed inside the training step.
 * ``linear``: linear probe on the frozen backbone (``python -m barlow_jax.eval.linear``).
 * ``semisup``: fine-tuning on 1% / 10% of the labels (``python -m barlow_jax.eval.semisup``).
 * ``supervised``: what those two share (torch-SGD, per-epoch cosine, epoch
   checkpoints, results JSON, command-line flags).
 
-Submodules are imported on use: the training step imports ``health`` only.
+Submodules are imported on use (the collapse statistics of the training step are
+``barlow_jax.health``).
 See docs/evaluation.md for protocols, commands and outputs.
 """
