@@ -43,6 +43,8 @@ setup(
                  "tensorflow-datasets>=4.9", "matplotlib>=3.8", "pytest>=8",
                  "safetensors>=0.4", "torchvision", "timm>=1.0",
                  # tests/test_notebook.py executes notebooks/colab_demo.ipynb.
-                 "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6"],
+                 "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6",
+                 # the linter CI runs (pyproject.toml), pinned so its rules do not drift.
+                 "ruff==0.17.6"],
     },
 )
