@@ -317,28 +317,15 @@ def test_step_byol_ema_target(step_results):
 STEPS = 25
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """A persistent compilation cache shared by this module's CLI subprocesses.
-
-    The straight, interrupted and resumed runs of one setting compile the same
-    programs; reading them back instead of recompiling saves most of each run.
-    """
-    cache = str(tmp_path_factory.mktemp("jax_compile_cache"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JAX_COMPILATION_CACHE_DIR", cache)
-        mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-        mp.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-        yield cache
-
-
 def _np_ema_tau(step, total, base):
     return 1.0 - (1.0 - base) * (math.cos(math.pi * min(step, total) / total) + 1) / 2
 
 
+# The straight, interrupted and resumed runs share compiled programs through the persistent
+# cache that tests/cli_helpers.cli_env sets for every CLI subprocess.
 @pytest.mark.parametrize("method,n_devices",
                          [("vicreg", 1), ("simclr", 1), ("simsiam", 1), ("byol", 8)])
-def test_sigterm_then_resume_equals_uninterrupted(tmp_path, compile_cache, method, n_devices):
+def test_sigterm_then_resume_equals_uninterrupted(tmp_path, method, n_devices):
     from barlow_jax.checkpointing import load_variables
 
     common = [f"--config=configs/smoke.py:{method}", f"--config.num_train_steps={STEPS}",
