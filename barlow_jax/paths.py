@@ -92,26 +92,15 @@ def unique_suffix() -> str:
 
 
 def write_text(path, text: str):
-    """Replaces ``path``'s content atomically: readers see the old or the new file, never half."""
-    path = str(path)
-    if is_remote(path):
-        epath.Path(path).write_text(text, encoding="utf-8")  # one upload: atomic on GCS/S3
-        return
-    tmp = f"{path}.tmp.{unique_suffix()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Replaces ``path``'s content (UTF-8), atomically as ``write_bytes``."""
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_bytes(path, data: bytes):
-    """Replaces ``path``'s content (binary), atomically as ``write_text``."""
+    """Replaces ``path``'s content atomically: readers see the old or the new file, never half."""
     path = str(path)
     if is_remote(path):
-        epath.Path(path).write_bytes(data)
+        epath.Path(path).write_bytes(data)  # one upload: atomic on GCS/S3
         return
     tmp = f"{path}.tmp.{unique_suffix()}"
     try:
