@@ -35,6 +35,16 @@ def fail(message: str, code: int = 1, error: BaseException = None):
     sys.exit(code)
 
 
+def argv_value(argv, name: str):
+    """The value of ``--name=V`` or ``--name V`` in ``argv`` before flags are parsed, or None."""
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """XLA's RESOURCE_EXHAUSTED (device memory) or a host MemoryError."""
     return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error) or (

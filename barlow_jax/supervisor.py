@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 
+from barlow_jax.cli import argv_value
 from barlow_jax.distributed import ENV_COUNT, ENV_ADDRESS, ENV_ID, short_reason
 
 _JAX_FATAL = b"Terminating process because"
@@ -44,15 +45,6 @@ def _die_with_parent():
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:  # noqa: BLE001 - not Linux: the trainer outlives a SIGKILLed supervisor
         pass
-
-
-def _argv_value(argv, name):
-    for i, a in enumerate(argv):
-        if a.startswith(f"--{name}="):
-            return a.split("=", 1)[1]
-        if a == f"--{name}" and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
 
 
 def supervise(module: str, argv) -> int:
@@ -82,8 +74,8 @@ def supervise(module: str, argv) -> int:
         return rc if rc >= 0 else 128 - rc
     if said:  # the trainer already said what happened (then JAX's abort raced it)
         return 1
-    pid = _argv_value(argv, "process_id") or os.environ.get(ENV_ID)
-    count = _argv_value(argv, "num_processes") or os.environ.get(ENV_COUNT)
+    pid = argv_value(argv, "process_id") or os.environ.get(ENV_ID)
+    count = argv_value(argv, "num_processes") or os.environ.get(ENV_COUNT)
     who = f"process {pid} of {count}" if pid is not None and count is not None else \
         "this process"
     status = fatal.split("absl::Status:", 1)[-1] if "absl::Status:" in fatal else fatal

@@ -218,15 +218,6 @@ def write_json(path: str, payload: Dict):
     paths.write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
-def _peek_flag(argv, name: str) -> Optional[str]:
-    for i, arg in enumerate(argv):
-        if arg.startswith(f"--{name}="):
-            return arg.split("=", 1)[1]
-        if arg == f"--{name}" and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
-
-
 def cli(section: str, default_section, run: Callable[..., Dict],
         extra_flags: Callable[[], None] = lambda: None):
     """Defines the flags (the pretraining config comes from --workdir) and runs ``run``.
@@ -238,8 +229,9 @@ def cli(section: str, default_section, run: Callable[..., Dict],
     from absl import app, flags, logging
     from ml_collections import config_flags
     from barlow_jax import checkpointing, distributed
+    from barlow_jax.cli import argv_value
 
-    workdir = _peek_flag(sys.argv, "workdir")
+    workdir = argv_value(sys.argv, "workdir")
     if not workdir:
         print("error: pass --workdir=DIR, the directory of a pretraining run.", file=sys.stderr)
         sys.exit(2)
