@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from barlow_jax.data import augment_jax as aj
+from barlow_jax.data.normalize import normalize
 from barlow_jax.data.evaluation import crop_box as np_crop_box
 from configs import base
 
@@ -262,7 +263,7 @@ def _views_three_ways(image, view, n=N_SAMPLES):
     dc = _data_config(view)
     img = tf.constant(image)
     crops, params = _tf_samples(lambda s: at.crop_stage(img, s, view, 16), 5, n)
-    host = at.normalize(at.color_batch(tf.constant(crops), params, view), dc).numpy()
+    host = normalize(at.color_batch(tf.constant(crops), params, view), dc).numpy()
     cropped = _tf_samples(lambda s: at.crop_and_flip_uint8(img, s, view, 16), 6, n)
     split = np.asarray(aj.view(jnp.asarray(cropped), jax.random.key(7), view, dc, crop=False))
     device = np.asarray(aj.view(jnp.asarray(np.repeat(image[None], n, 0)), jax.random.key(8),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
+from barlow_jax.data import normalize
 from barlow_jax.eval import features as feats_lib
 from barlow_jax.eval import knn
 
@@ -84,7 +85,7 @@ def test_embedder_equals_unsharded_apply(smoke):
     images = rng.integers(0, 256, (37, 16, 16, 3)).astype(np.uint8)
     feats8 = feats_lib.Embedder(config, mesh_of(8), batch_size=16).features(variables, images)
     feats1 = feats_lib.Embedder(config, mesh_of(1), batch_size=64).features(variables, images)
-    mean, std = feats_lib.mean_std(config.data)
+    mean, std = normalize.mean_std(config.data)
     x = (images.astype(np.float32) / 255.0 - mean) / std
     ref = build_backbone(config).apply(feats_lib.backbone_variables(variables), x, train=False)
     assert feats8.shape == (37, ref.shape[1])

@@ -41,8 +41,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from barlow_jax.data.normalize import normalize
+
 LUMA = (0.299, 0.587, 0.114)
 CROP_ATTEMPTS = 10
 CROP_UNIFORMS = 2 * CROP_ATTEMPTS + 2   # areas, aspects, top, left
@@ -66,12 +66,6 @@ def blur_kernel_size(size: int, sigma_max: float = 2.0) -> int:
                          f"{k // 2} pixels (got {size}); set blur_prob=0 for this view or "
                          f"lower blur_sigma.")
     return k
-
-
-def normalize(x, data_config):
-    mean = jnp.asarray(data_config.get("mean", IMAGENET_MEAN), jnp.float32)
-    std = jnp.asarray(data_config.get("std", IMAGENET_STD), jnp.float32)
-    return (x - mean) / std
 
 
 # ----------------------------------------------------------------- crop + resize

@@ -27,10 +27,9 @@ from barlow_jax.data.tensorflow_env import import_tensorflow
 
 tf = import_tensorflow()  # quiet, and hidden from the GPUs
 
-from barlow_jax.data.augment_jax import (CROP_ATTEMPTS, CROP_UNIFORMS, IMAGENET_MEAN,
-                                         IMAGENET_STD, LUMA, PARAM_UNIFORMS, blur_kernel_size,
-                                         color_ops_name,
-                                         factor_range)
+from barlow_jax.data.augment_jax import (CROP_ATTEMPTS, CROP_UNIFORMS, LUMA, PARAM_UNIFORMS,
+                                         blur_kernel_size, color_ops_name, factor_range)
+from barlow_jax.data.normalize import normalize
 
 
 def decode(encoded):
@@ -246,12 +245,6 @@ def gaussian_blur(x, sigma, ksize: int):
 
 def solarize(x, threshold):
     return tf.where(x >= threshold, 1.0 - x, x)
-
-
-def normalize(x, data_config):
-    mean = tf.constant(data_config.get("mean", IMAGENET_MEAN), tf.float32)
-    std = tf.constant(data_config.get("std", IMAGENET_STD), tf.float32)
-    return (x - mean) / std
 
 
 def _on_subset(x, mask, fn):

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from barlow_jax.data import folder
-from barlow_jax.data.augment_jax import IMAGENET_MEAN, IMAGENET_STD
+from barlow_jax.data.normalize import from_uint8
 from barlow_jax.data.pipeline import epoch_permutation, epoch_seed
 from barlow_jax.data.sources import IndexedSource, load_arrays, open_source, tfds_dataset
 
@@ -97,9 +97,7 @@ def transform(image: np.ndarray, size: int, mode: str, rng=None) -> np.ndarray:
 
 def _batch(images, labels, data_config) -> dict:
     """uint8 images + labels -> {'image': float32 normalised, 'label': int32}."""
-    mean = np.asarray(data_config.get("mean", IMAGENET_MEAN), np.float32)
-    std = np.asarray(data_config.get("std", IMAGENET_STD), np.float32)
-    x = (np.stack(images).astype(np.float32) / 255.0 - mean) / std
+    x = from_uint8(np.stack(images), data_config)
     return {"image": x.astype(np.float32), "label": np.asarray(labels, np.int32)}
 
 

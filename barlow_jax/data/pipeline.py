@@ -45,7 +45,7 @@ import jax
 import numpy as np
 
 from barlow_jax import parallel
-from barlow_jax.data import augment_jax
+from barlow_jax.data import augment_jax, normalize
 from barlow_jax.data.sources import (IndexedSource, open_source, tfds_dataset,
                                      tfds_process_split, tfds_slice_start)
 
@@ -240,7 +240,7 @@ class HostPipeline(_Pipeline):
         out = {"label": batch["label"]}
         for k, cfg in ((1, aug.view1), (2, aug.view2)):
             x = self._atf.color_batch(batch[f"view{k}"], batch[f"params{k}"], cfg)
-            out[f"view{k}"] = self._atf.normalize(x, dc)
+            out[f"view{k}"] = normalize.normalize(x, dc)
         return out
 
     def local_batches(self):

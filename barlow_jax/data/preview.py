@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+from PIL import Image, ImageDraw
 
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from barlow_jax.data import normalize
 
 
 def define_flags():
@@ -73,8 +74,7 @@ def make_views(data_config, images: np.ndarray, seed: int):
                     tf.constant(im), s, cfg, data_config.image_size).numpy()
                     for im, s in zip(images, seeds)])
                 v = augment_jax.view(jnp.asarray(crops), key, cfg, data_config, crop=False)
-        mean, std = np.asarray(data_config.mean), np.asarray(data_config.std)
-        views.append(np.clip(np.asarray(v) * std + mean, 0.0, 1.0))
+        views.append(normalize.to_unit(v, data_config))
     return views[0], views[1], placement
 
 

@@ -34,29 +34,15 @@ import numpy as np
 from jax.sharding import Mesh
 
 from barlow_jax import parallel
+from barlow_jax.data import normalize
 from barlow_jax.models import build_backbone, build_ssl_net
 
 SMALL_IMAGE = 64  # data.eval_batches resizes larger images to 256/224 of the size + crops
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class LabelledSet(NamedTuple):
     images: np.ndarray  # uint8 [N, H, W, 3]
     labels: np.ndarray  # int32 [N]
-
-
-def mean_std(data_config):
-    mean = np.asarray(data_config.get("mean", IMAGENET_MEAN), np.float32)
-    std = np.asarray(data_config.get("std", IMAGENET_STD), np.float32)
-    return mean, std
-
-
-def to_uint8(images, data_config) -> np.ndarray:
-    """Inverse of the normalisation: float32 normalised NHWC -> uint8."""
-    mean, std = mean_std(data_config)
-    x = (np.asarray(images, np.float32) * std + mean) * 255.0
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 def subset_indices(n: int, max_examples: int, seed: int) -> np.ndarray:
@@ -134,7 +120,7 @@ def load_labelled(data_config, split: str, *, max_examples: int = 0, seed: int =
         lo, hi = np.searchsorted(indices, [pos, pos + b])
         if hi > lo:
             take = indices[lo:hi] - pos
-            images.append(to_uint8(np.asarray(batch["image"])[take], data_config))
+            images.append(normalize.to_uint8(np.asarray(batch["image"])[take], data_config))
             labels.append(np.asarray(batch["label"], np.int32)[take])
         pos += b
         if pos > last:
@@ -168,13 +154,12 @@ class Embedder:
         self.mesh = mesh
         self.batch_sharding = parallel.batch_sharding(mesh)
         self.replicated = parallel.replicated(mesh)
-        mean, std = mean_std(config.data)
         backbone = build_backbone(config)
         net = build_ssl_net(config)
 
         def prep(images):
             if images.dtype == jnp.uint8:
-                return (images.astype(jnp.float32) / 255.0 - mean) / std
+                return normalize.from_uint8(images, config.data)
             return images.astype(jnp.float32)
 
         def features(variables, images):

@@ -49,6 +49,7 @@ import ml_collections
 import numpy as np
 
 from barlow_jax import parallel
+from barlow_jax.data import normalize
 from barlow_jax.eval import features as feats_lib
 from barlow_jax.eval import linear as linear_lib
 from barlow_jax.eval import supervised as sup
@@ -204,7 +205,6 @@ class FineTuner:
         data_config = config.data
         bn_train = semisup.bn == "train"
         momentum, wd = float(semisup.momentum), float(semisup.weight_decay)
-        mean, std = feats_lib.mean_std(config.data)
 
         def forward(params, batch_stats, x, train):
             variables = {"params": params["backbone"], "batch_stats": batch_stats}
@@ -236,7 +236,7 @@ class FineTuner:
 
         def counts(params, batch_stats, images, labels, mask):
             if images.dtype == jnp.uint8:
-                x = (images.astype(jnp.float32) / 255.0 - mean) / std
+                x = normalize.from_uint8(images, data_config)
             else:
                 x = images.astype(jnp.float32)
             logits, _ = forward(params, batch_stats, x, False)
