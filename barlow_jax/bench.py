@@ -12,7 +12,7 @@ pairs/s, step time (steps without and with the logged-step health rank,
 and their mix at ``config.log_every_steps``), peak device memory, model
 FLOP utilisation (MFU = XLA-counted FLOPs of the compiled step / step time
 / the device's peak) and the step's collective bytes per device and kind,
-read from the compiled program (barlow_jax/collectives.py).
+read from the compiled program (barlow_jax/step_cost.py).
 
 ``--collectives_only``: compile the step for abstract inputs (nothing is
 allocated) and print the collective bytes without running it; with
@@ -35,9 +35,10 @@ import statistics
 import sys
 import time
 
-
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from barlow_jax import step_cost  # imports no JAX (--fake_devices must precede it)
 
 
 def define_flags():
@@ -62,40 +63,10 @@ def define_flags():
                          "bytes at 64 or 256 devices with --collectives_only.")
     flags.mark_flags_as_required(["config"])
 
-# Dense peak TFLOP/s per device from vendor specs, by compute dtype.
-PEAK_TFLOPS = {
-    "H200": {"bfloat16": 989.0, "float32": 67.0},
-    "H100": {"bfloat16": 989.0, "float32": 67.0},
-    "A100": {"bfloat16": 312.0, "float32": 19.5},
-    "TPU v4": {"bfloat16": 275.0, "float32": 275.0},
-    "TPU v5 lite": {"bfloat16": 197.0, "float32": 197.0},
-    "TPU v5p": {"bfloat16": 459.0, "float32": 459.0},
-}
-
-
-def device_peak_tflops(device, dtype: str):
-    kind = getattr(device, "device_kind", "")
-    for name, peaks in PEAK_TFLOPS.items():
-        if name.lower() in kind.lower():
-            return peaks[dtype]
-    return None
-
 
 def _abstract(tree, sharding):
     import jax
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-
-
-def _collectives(compiled, lowered, n_dev):
-    from barlow_jax import collectives
-    out = {}
-    if compiled is not None:
-        out["compiled"] = collectives.collective_bytes(compiled.as_text(), n_dev)
-    try:  # the program as JAX emits it, before the backend's passes (backend-independent)
-        out["lowered"] = collectives.collective_bytes(lowered.as_text(dialect="hlo"), n_dev)
-    except Exception:  # older JAX: no HLO dialect on Lowered.as_text
-        pass
-    return out
 
 
 def prepare(config, devices=None, abstract: bool = False, compile_program: bool = True):
@@ -188,13 +159,11 @@ def benchmark(config, steps: int = 20, warmup: int = 3, peak_tflops: float = 0.0
     n_dev = result["devices"]
     if collectives_only:
         result["compile_seconds"] = prep["compile_seconds"]
-        result["collectives"] = _collectives(compiled, lowered, n_dev)
+        result["collectives"] = step_cost.collectives(compiled, lowered, n_dev)
         return result
     state, batch, key = prep["state"], prep["batch"], prep["key"]
     compile_s = prep["compile_seconds"]
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    flops = step_cost.flops_per_device(compiled)
 
     every = max(int(config.log_every_steps), 1)
     done = 0  # steps run so far (state.step), known on the host without a transfer
@@ -232,22 +201,9 @@ def benchmark(config, steps: int = 20, warmup: int = 3, peak_tflops: float = 0.0
     step_time = ((every - 1) * t_plain + t_logged) / every  # a run logging every `every`
 
     dev = mesh.devices.flat[0]
-    mem = None
-    try:
-        stats = dev.memory_stats()
-        mem = stats.get("peak_bytes_in_use") if stats else None
-    except Exception:  # CPU backends may not report memory
-        mem = None
-    mem_source = "device peak_bytes_in_use"
-    if mem is None:
-        ma = compiled.memory_analysis()
-        if ma is not None:
-            mem = (ma.argument_size_in_bytes + ma.output_size_in_bytes +
-                   ma.temp_size_in_bytes - ma.alias_size_in_bytes)
-            mem_source = "XLA memory analysis of the step (arguments + outputs + temporaries)"
-    peak = peak_tflops or device_peak_tflops(dev, config.compute_dtype)
-    # cost_analysis counts the FLOPs of one device's program under shard_map.
-    mfu = flops / step_time / (peak * 1e12) if (peak and flops) else None
+    mem, mem_source = step_cost.peak_memory(dev, compiled)
+    peak = peak_tflops or step_cost.device_peak_tflops(dev, config.compute_dtype)
+    mfu = step_cost.mfu(flops, step_time, peak)  # FLOPs of one device's program
     result.update({
         "pairs_per_sec": config.batch_size / step_time, "step_time_ms": step_time * 1e3,
         "pairs_per_sec_unlogged": config.batch_size / t_plain,
@@ -257,7 +213,7 @@ def benchmark(config, steps: int = 20, warmup: int = 3, peak_tflops: float = 0.0
         "compile_seconds": compile_s, "flops_per_step_per_device": flops,
         "peak_memory_bytes": mem, "memory_source": mem_source,
         "peak_tflops_per_device": peak, "mfu": mfu, "timed_steps": steps, "last_loss": loss,
-        "metric_keys": sorted(m), "collectives": _collectives(compiled, lowered, n_dev),
+        "metric_keys": sorted(m), "collectives": step_cost.collectives(compiled, lowered, n_dev),
     })
     return result
 
@@ -362,9 +318,7 @@ def compare(configs, steps: int = 10, warmup: int = 2, devices=None):
     out = {}
     for name, p in preps.items():
         med = statistics.median(times[name])
-        ma = p["compiled"].memory_analysis()
-        mem = (ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
-               - ma.alias_size_in_bytes) if ma is not None else None
+        mem = step_cost.step_memory_bytes(p["compiled"])
         out[name] = dict(p["result"], median_ms=med * 1e3,
                          pairs_per_sec=p["result"]["batch_size"] / med,
                          min_ms=min(times[name]) * 1e3, max_ms=max(times[name]) * 1e3,

@@ -57,7 +57,19 @@ def _value(lr: ScalarOrSchedule, count):
 def bt_lars(lr_weights: ScalarOrSchedule, lr_biases: ScalarOrSchedule, *,
             weight_decay: float, momentum: float = 0.9,
             eta: float = 0.001) -> optax.GradientTransformation:
-    """Barlow Twins' LARS (see module docstring); returns updates to add to params."""
+    """Barlow Twins' LARS (see module docstring); returns updates to add to params.
+
+    Args:
+        lr_weights: learning rate of the weights (ndim > 1): a number or a
+            schedule of the update count.
+        lr_biases: learning rate of biases and BatchNorm parameters (ndim 1).
+        weight_decay: added to the weights' gradients before the trust ratio.
+        momentum: the momentum coefficient.
+        eta: the trust coefficient of the LARS ratio.
+
+    Returns:
+        An ``optax.GradientTransformation`` whose ``update`` needs ``params``.
+    """
 
     def init_fn(params):
         return BtLarsState(count=jnp.zeros([], jnp.int32),
@@ -106,6 +118,15 @@ def simclr_lars(lr: ScalarOrSchedule, *, weight_decay: float, momentum: float = 
         others:   d = g          ;  q = 1
         v = momentum * v + lr(t) * q * d      (lr INSIDE the momentum)
         p = p - v
+
+    Args:
+        lr: the learning rate: a number or a schedule of the update count.
+        weight_decay: added to the weights' gradients before the trust ratio.
+        momentum: the momentum coefficient.
+        eta: the trust coefficient.
+
+    Returns:
+        An ``optax.GradientTransformation`` whose ``update`` needs ``params``.
     """
 
     def init_fn(params):
@@ -148,6 +169,18 @@ def solo_lars(lr: ScalarOrSchedule, *, weight_decay: float, momentum: float = 0.
         d = r * (g + wd * p)
     otherwise d = g (no weight decay either). Then
         mu = momentum * mu + d ;  p = p - lr(t) * mu
+
+    Args:
+        lr: the learning rate: a number or a schedule of the update count.
+        weight_decay: the weight decay, inside the trust ratio and the update.
+        momentum: the momentum coefficient.
+        eta: the trust coefficient.
+        clip_lr: clip the ratio to at most 1 after dividing it by the learning rate.
+        exclude_bias_n_norm: leave parameters of ndim 1 (biases, BatchNorm) unadapted.
+        eps: added to the ratio's denominator.
+
+    Returns:
+        An ``optax.GradientTransformation`` whose ``update`` needs ``params``.
     """
 
     def init_fn(params):
@@ -277,6 +310,23 @@ def build_optimizer(opt_config, *, batch_size: int, steps_per_epoch: int, total_
     doc; an ``optax.scale`` in front of the chain when it is not 1).
     ``schedule``: 'bt' (``bt_schedule``) or 'solo_learn' (``solo_schedule``,
     starting at ``warmup_start_lr``); ``final_lr_fraction`` x peak is the end.
+
+    Args:
+        opt_config: ``config.optimizer`` (name, learning rates, schedule,
+            warmup, weight decay, momentum, ...; docs/config.md).
+        batch_size: the global batch size, for ``scale_lr_by_batch``.
+        steps_per_epoch: steps in one epoch, to turn ``warmup_epochs`` into steps.
+        total_steps: the run's length; the schedule ends there.
+
+    Returns:
+        (tx, schedules): the optax transformation, and ``{name: schedule}`` of
+        the learning rates it uses ('lr', plus 'lr_biases' for 'lars' and
+        'lr_predictor' for 'sgd' with ``fix_predictor_lr``), for logging.
+
+    Raises:
+        ValueError: an unknown optimizer or schedule name, or
+            ``fix_predictor_lr`` with an optimizer other than 'sgd' (or, from
+            ``tx.init``, with a network without a predictor).
     """
     tx, schedules = _build(opt_config, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
                            total_steps=total_steps)

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 
 from barlow_jax import defaults as defaults_lib
 from barlow_jax import (accelerator, checkpointing, distributed, loss_scale,
-                        metrics as metrics_lib, online_probe, parallel, paths, profiling)
+                        metrics as metrics_lib, online_probe, parallel, paths, profiling,
+                        stopping)
 from barlow_jax.data import create_pipeline
 from barlow_jax.methods import get_method
 from barlow_jax.models import build_ssl_net, compute_dtype, compute_dtype_name, parse_widths
@@ -272,7 +273,7 @@ def train_and_evaluate(config, workdir: str) -> Dict:
     in_flight = collections.deque()  # losses of dispatched, maybe unfinished steps
     peer_lost = False
     try:
-        with distributed.StopAgreement(mesh, tag=tag) as stop:
+        with stopping.StopAgreement(mesh, tag=tag) as stop:
             while step < total_steps:
                 profiler.before(step)
                 batch = next(pipeline)
@@ -285,19 +286,19 @@ def train_and_evaluate(config, workdir: str) -> Dict:
                 # SIGTERM then waits for all of them. Keep at most MAX_IN_FLIGHT queued.
                 in_flight.append(m["loss"])
                 if len(in_flight) > MAX_IN_FLIGHT:
-                    distributed.wait_ready(in_flight.popleft())
+                    stopping.wait_ready(in_flight.popleft())
                 if not clock.started:
-                    distributed.wait_ready(m)
+                    stopping.wait_ready(m)
                     clock.start(step)
                     telemetry.say(f"step {step} done in {clock.mark - t_start:.1f}s (compilation "
                                   f"included); next progress line at a multiple of "
                                   f"{config.log_every_steps}")
-                # The same answer on every process at this step (distributed.StopAgreement).
+                # The same answer on every process at this step (stopping.StopAgreement).
                 stop_reason = stop.check(step)
                 log_now = step % config.log_every_steps == 0 or step == total_steps
                 save_now = step % config.checkpoint_every_steps == 0 or step == total_steps
                 if log_now or save_now or stop_reason:
-                    fetched = jax.device_get(distributed.wait_ready([m for _, m in pending]))
+                    fetched = jax.device_get(stopping.wait_ready([m for _, m in pending]))
                     _check_finite(fetched, [s for s, _ in pending], ckpt, config)
                     pending.clear()
                     if log_now or stop_reason:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from barlow_jax.losses import barlow_twins
+from barlow_jax.methods.barlow_twins import barlow_twins
 from barlow_jax.parallel import make_mesh
 
 jax.config.update("jax_enable_x64", False)

@@ -12,7 +12,7 @@ from jax.sharding import Mesh
 from PIL import Image
 
 from barlow_jax import data as data_lib
-from barlow_jax.data import folder, pipeline as pl
+from barlow_jax.data import archive, folder, pipeline as pl
 from configs import base
 from conftest import SHARED_DATA
 
@@ -173,14 +173,14 @@ def test_archive_is_extracted_once_and_atomically(tmp_path, monkeypatch):
 def test_stale_partial_extractions_are_removed(tmp_path):
     path = _archive(tmp_path)
     c = folder_config(path, tmp_path / "cache")
-    name = folder.materialize(str(path), str(tmp_path / "cache"))
+    name = archive.materialize(str(path), str(tmp_path / "cache"))
     parent = os.path.dirname(name)
     base_name = os.path.basename(name)
     dead = f".{base_name}.partial-{os.uname().nodename}-999999999-ab"
     alive = f".{base_name}.partial-{os.uname().nodename}-{os.getpid()}-cd"
     for d in (dead, alive):
         os.makedirs(os.path.join(parent, d, "junk"))
-    folder._remove_stale_partials(parent, base_name)
+    archive._remove_stale_partials(parent, base_name)
     assert sorted(os.listdir(parent)) == sorted([base_name, alive])
     assert folder.index_split(c, "train").num_examples == 12
 

@@ -14,7 +14,7 @@ while such a step runs. Expected, as docs/faults.md describes:
   save, and the checkpoint of that step is complete and loadable;
 * "rerun the same command to resume" and exit status 0; metrics.jsonl intact.
 
-The host waits for steps with ``distributed.wait_ready`` (polling, so the
+The host waits for steps with ``stopping.wait_ready`` (polling, so the
 Python signal handler runs during a slow step) and the handler writes the
 acknowledgement straight to stdout.
 """

@@ -55,7 +55,7 @@ def test_lars_is_bt_lars():
 
 
 def test_loss_is_barlow_twins():
-    from barlow_jax.losses import barlow_twins
+    from barlow_jax.methods.barlow_twins import barlow_twins
     ref = _reference()
     rng = np.random.default_rng(1)
     z1 = rng.normal(size=(16, 8)).astype(np.float32)

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from barlow_jax import distributed
+from barlow_jax import distributed, stopping
 from tests.cli_helpers import run_cli
 
 
@@ -89,7 +89,7 @@ def test_the_stop_flag_is_reduced_every_step_and_read_two_steps_later():
     import jax
     from barlow_jax import parallel
     mesh = parallel.make_mesh()
-    with distributed.StopAgreement(mesh) as stop:
+    with stopping.StopAgreement(mesh) as stop:
         stop._multi = True          # as with several processes: the flag goes through the mesh
         stop._setup_reduce()
         assert [stop.check(s) for s in (1, 2)] == [None, None]
@@ -98,7 +98,7 @@ def test_the_stop_flag_is_reduced_every_step_and_read_two_steps_later():
     assert stop.received == "SIGINT" and stop.received_at is not None
     assert decisions == {3: None, 4: None, 5: "SIGINT", 6: "SIGINT"}
     assert len(jax.devices()) == 8
-    with distributed.StopAgreement(mesh) as stop:   # one process: the local flag, at once
+    with stopping.StopAgreement(mesh) as stop:   # one process: the local flag, at once
         assert stop.check(1) is None
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.check(2) == "SIGTERM"

@@ -341,8 +341,29 @@ def create_pipeline(data_config, *, global_batch_size: int, seed: int, mesh,
                     process_count: Optional[int] = None):
     """The pipeline for ``config.data`` (see the package docstring).
 
-    ``process_index`` / ``process_count`` simulate a multi-process run (tests);
-    they default to JAX's and are honoured by the host placements only.
+    Args:
+        data_config: ``config.data``: source, path, split, placement, image
+            size and the augmentation settings.
+        global_batch_size: image pairs per step over all processes; divisible
+            by the device count.
+        seed: the run's seed (>= 0); with the step it fixes the example order
+            and every augmentation.
+        mesh: the device mesh (``parallel.make_mesh``) the batches are sharded over.
+        start_step: the first step to produce (a resumed run's step): the
+            pipeline yields what an uninterrupted one yields from there on.
+        process_index: this process's index, to simulate a multi-process run
+            (tests); JAX's when None. Honoured by the host placements only.
+        process_count: the number of processes to simulate; JAX's when None.
+
+    Returns:
+        An iterator of global batches with ``make_views(batch, device_data, key)``,
+        ``device_data``, ``num_examples``, ``steps_per_epoch``, ``stats()`` and
+        ``close()``: a ``DevicePipeline`` for placement 'device' (or 'auto'
+        on an accelerator), else a ``HostPipeline``.
+
+    Raises:
+        ValueError: an unknown placement, a negative seed, a batch that does
+            not split over the devices, or a split smaller than one global batch.
     """
     placement = resolve_placement(data_config.placement)
     if seed < 0:

@@ -43,12 +43,36 @@ from barlow_jax.pictures import Picture
 
 
 def no_warnings(record: Mapping) -> List[str]:
+    """The default ``Method.warnings``: none.
+
+    Args:
+        record: the logged metrics of a step.
+
+    Returns:
+        An empty list.
+    """
     del record
     return []
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
+    """One self-supervised method: its loss and what the step and the loop need to know.
+
+    Attributes:
+        name: the ``config.method`` value that selects it.
+        loss: ``loss(out1, out2, tgt1, tgt2, loss_config, axis_name) -> (loss, metrics)``
+            (module docstring); each method module's ``method_loss``.
+        needs_predictor: the network must have a predictor head (``config.predictor``).
+        ema_target: the step keeps an EMA target network and passes its outputs
+            as ``tgt1``/``tgt2``.
+        bn_views: 'per_view' or 'joint' BatchNorm statistics in training.
+        progress_keys: ``(metric, format)`` pairs for the progress line.
+        pictures: ``pictures.Picture``s drawn from non-scalar metrics.
+        warnings: ``warnings(record) -> [str]``, the method's collapse warnings.
+        ema_tau: ``ema_tau(loss_config, total_steps) -> tau(step)`` for ``ema_target``.
+    """
+
     name: str
     loss: Callable
     needs_predictor: bool = False
@@ -73,6 +97,17 @@ METHODS: Dict[str, Method] = {
 
 
 def get_method(name: str) -> Method:
+    """The registered method called ``name``.
+
+    Args:
+        name: a key of ``METHODS``, e.g. ``config.method``.
+
+    Returns:
+        Its ``Method``.
+
+    Raises:
+        ValueError: no method of that name is registered.
+    """
     if name not in METHODS:
         raise ValueError(f"config.method={name!r} is not a known method; use one of "
                          f"{sorted(METHODS)}.")

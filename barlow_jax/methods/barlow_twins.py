@@ -44,7 +44,17 @@ MEAN_ABS_OFF_DIAG_HIGH = 0.5  # warnings(): dimensions strongly correlated acros
 
 
 def batch_normalize(z, axis_name: Optional[str] = None, eps: float = BN_EPS):
-    """Per-feature standardisation with mean and biased variance over the global batch."""
+    """Per-feature standardisation with mean and biased variance over the global batch.
+
+    Args:
+        z: [N_local, D] embeddings.
+        axis_name: the mapped device axis the batch is split over (inside
+            ``jax.shard_map``), or None for a batch on one device.
+        eps: added to the variance (BatchNorm1d's 1e-5).
+
+    Returns:
+        (z - mean) / sqrt(var + eps), the shape of ``z``.
+    """
     mean = batch_mean(z, axis_name)
     zc = z - mean
     var = batch_mean(zc * zc, axis_name)
@@ -52,7 +62,16 @@ def batch_normalize(z, axis_name: Optional[str] = None, eps: float = BN_EPS):
 
 
 def cross_correlation(z1, z2, axis_name: Optional[str] = None):
-    """C = z1n^T z2n / N_global with each view normalised on its own."""
+    """C = z1n^T z2n / N_global with each view normalised on its own.
+
+    Args:
+        z1: [N_local, D1] embeddings of view 1 (any float dtype; computed in float32).
+        z2: [N_local, D2] embeddings of view 2.
+        axis_name: the mapped device axis for global-batch statistics, or None.
+
+    Returns:
+        The [D1, D2] float32 cross-correlation matrix, the same on every device.
+    """
     z1n = batch_normalize(z1.astype(jnp.float32), axis_name)
     z2n = batch_normalize(z2.astype(jnp.float32), axis_name)
     n = z1.shape[0]
@@ -104,10 +123,24 @@ def barlow_twins(z1, z2, *, lambd: float = 0.0051, axis_name: Optional[str] = No
 
     With ``axis_name`` (inside shard_map/pmap over that axis) the statistics
     and C cover the global batch; every device returns the same full loss.
-    ``c_reduction``: 'gather' (C in column blocks from gathered embeddings)
-    or 'psum' (the whole C all-reduced); same value and gradient (module doc).
-    Metrics: ``on_diag`` = sum (1 - C_ii)^2, ``off_diag`` = sum_{i!=j} C_ij^2
-    (unweighted), ``mean_abs_off_diag``.
+
+    Args:
+        z1: [N_local, D] embeddings of view 1 (any float dtype; computed in float32).
+        z2: [N_local, D] embeddings of view 2, row i the same image as row i of ``z1``.
+        lambd: weight of the off-diagonal (redundancy) term; the paper's 0.0051.
+        axis_name: the mapped device axis for global-batch statistics, or None.
+        c_reduction: 'gather' (C in column blocks from gathered embeddings)
+            or 'psum' (the whole C all-reduced); same value and gradient
+            (module doc). 'gather' falls back to 'psum' when D is not
+            divisible by the device count.
+
+    Returns:
+        (loss, metrics): the scalar loss and a dict of scalars, ``on_diag`` =
+        sum (1 - C_ii)^2, ``off_diag`` = sum_{i!=j} C_ij^2 (unweighted) and
+        ``mean_abs_off_diag``.
+
+    Raises:
+        ValueError: ``c_reduction`` is not one of ``C_REDUCTIONS``.
     """
     if c_reduction not in C_REDUCTIONS:
         raise ValueError(f"c_reduction={c_reduction!r} is not supported; use one of "
@@ -130,7 +163,17 @@ def c_top_left(z1, z2, axis_name: Optional[str] = None, size: int = C_BLOCK):
 def method_loss(out1, out2, tgt1, tgt2, loss_config, axis_name):
     """The registry adapter; its metrics also carry ``c_block``, C[:64, :64] (not a scalar).
 
-    ``loss_config.c_reduction`` ('gather' when absent) picks how C is formed.
+    Args:
+        out1: the online network's outputs for view 1 (its projection ``z`` is used).
+        out2: the same for view 2.
+        tgt1: unused (Barlow Twins has no target network).
+        tgt2: unused.
+        loss_config: ``config.loss``: ``lambd``, and ``c_reduction`` ('gather'
+            when absent), which picks how C is formed.
+        axis_name: the mapped device axis for global-batch statistics, or None.
+
+    Returns:
+        (loss, metrics): ``barlow_twins``'s, with ``c_block`` added to the metrics.
     """
     del tgt1, tgt2
     loss, metrics = barlow_twins(out1["z"], out2["z"], lambd=loss_config.lambd,

@@ -34,6 +34,18 @@ def ema_decay(step, total_steps, base: float = 0.996, end: float = 1.0) -> jax.A
 
     ``step`` may be traced. Steps past ``total_steps`` keep tau at ``end``
     (deepmind clips the step the same way).
+
+    Args:
+        step: the training step (a number or a traced scalar).
+        total_steps: the run's number of training steps (positive).
+        base: tau at step 0 (BYOL's 0.996).
+        end: tau at ``total_steps``.
+
+    Returns:
+        The float32 scalar tau.
+
+    Raises:
+        ValueError: a Python ``total_steps`` that is not positive.
     """
     if isinstance(total_steps, (int, float)) and total_steps <= 0:
         raise ValueError(f"total_steps={total_steps} must be positive; pass the run's number "
@@ -43,7 +55,17 @@ def ema_decay(step, total_steps, base: float = 0.996, end: float = 1.0) -> jax.A
 
 
 def schedule(loss_config, total_steps):
-    """tau(step) of ``config.loss`` (``ema_start`` -> ``ema_end``) over ``total_steps``."""
+    """tau(step) of ``config.loss`` (``ema_start`` -> ``ema_end``) over ``total_steps``.
+
+    The registry's ``Method.ema_tau`` for BYOL.
+
+    Args:
+        loss_config: ``config.loss``: ``ema_start`` and ``ema_end``.
+        total_steps: the run's number of training steps.
+
+    Returns:
+        A function of the step returning ``ema_decay``'s tau.
+    """
     return lambda step: ema_decay(step, total_steps, base=loss_config.ema_start,
                                   end=loss_config.ema_end)
 

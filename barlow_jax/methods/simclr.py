@@ -47,7 +47,16 @@ NORM_EPS = 1e-12
 
 
 def l2_normalize(x, axis: int = -1, eps: float = NORM_EPS):
-    """x / ||x|| in float32 (tf.math.l2_normalize: x * rsqrt(max(sum x^2, eps)))."""
+    """x / ||x|| in float32 (tf.math.l2_normalize: x * rsqrt(max(sum x^2, eps))).
+
+    Args:
+        x: an array of any float dtype.
+        axis: the axis along which to normalise.
+        eps: lower bound of the squared norm (a zero vector stays zero).
+
+    Returns:
+        The float32 array of ``x``'s shape with unit norm along ``axis``.
+    """
     x = x.astype(jnp.float32)
     return x * lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps))
 
@@ -61,8 +70,20 @@ def info_nce(z1, z2, *, temperature: float = 0.1,
     batches) negatives come from every device and every device returns the
     same global loss.
 
-    Metrics: ``accuracy``, the fraction of the 2N anchors whose positive has
-    the highest similarity among all 2N - 1 candidates.
+    Args:
+        z1: [N_local, D] embeddings of view 1.
+        z2: [N_local, D] embeddings of view 2.
+        temperature: the softmax temperature T (0.1 on ImageNet, 0.2-0.5 on CIFAR).
+        axis_name: the mapped device axis for global-batch statistics, or None.
+
+    Returns:
+        (loss, metrics): the mean over the 2N anchors of their NT-Xent loss,
+        and ``accuracy``, the fraction of the 2N anchors whose positive has
+        the highest similarity among all 2N - 1 candidates.
+
+    Raises:
+        ValueError: the embeddings' shapes differ or are not [N, D], or a
+            Python ``temperature`` is not positive.
     """
     if z1.shape != z2.shape or z1.ndim != 2:
         raise ValueError(f"info_nce needs two [N, D] embeddings of the same shape; got "
@@ -99,7 +120,20 @@ def info_nce(z1, z2, *, temperature: float = 0.1,
 
 
 def method_loss(out1, out2, tgt1, tgt2, loss_config, axis_name):
-    """Registry adapter: ``loss.simclr_loss_scale`` x NT-Xent on the projector outputs ``z``."""
+    """Registry adapter: ``loss.simclr_loss_scale`` x NT-Xent on the projector outputs ``z``.
+
+    Args:
+        out1: the online network's outputs for view 1 (its projection ``z`` is used).
+        out2: the same for view 2.
+        tgt1: unused (SimCLR has no target network).
+        tgt2: unused.
+        loss_config: ``config.loss``: ``temperature``, and ``simclr_loss_scale``
+            (2.0 when absent: the official code's scale).
+        axis_name: the mapped device axis for global-batch statistics, or None.
+
+    Returns:
+        (loss, metrics): ``info_nce``'s loss times the scale, and its metrics.
+    """
     del tgt1, tgt2
     loss, metrics = info_nce(out1["z"], out2["z"], temperature=loss_config.temperature,
                              axis_name=axis_name)

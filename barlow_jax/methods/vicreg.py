@@ -62,7 +62,20 @@ def vicreg(z1, z2, *, sim_coeff: float = 25.0, std_coeff: float = 25.0,
     the global batch and every device returns the same full loss. Needs a
     global batch of at least 2 (unbiased variance).
 
-    Metrics (unweighted terms): ``invariance``, ``variance``, ``covariance``.
+    Args:
+        z1: [N_local, D] embeddings of view 1.
+        z2: [N_local, D] embeddings of view 2, row i the same image as row i of ``z1``.
+        sim_coeff: weight of the invariance term (official default 25).
+        std_coeff: weight of the variance term (25).
+        cov_coeff: weight of the covariance term (1).
+        axis_name: the mapped device axis for global-batch statistics, or None.
+
+    Returns:
+        (loss, metrics): the scalar loss and the unweighted terms ``invariance``,
+        ``variance`` and ``covariance``.
+
+    Raises:
+        ValueError: ``z1`` and ``z2`` are not two [N, D] arrays of the same shape.
     """
     if z1.shape != z2.shape or z1.ndim != 2:
         raise ValueError(f"vicreg needs two [N, D] embeddings of the same shape; got "
@@ -79,7 +92,19 @@ def vicreg(z1, z2, *, sim_coeff: float = 25.0, std_coeff: float = 25.0,
 
 
 def method_loss(out1, out2, tgt1, tgt2, loss_config, axis_name):
-    """Registry adapter: VICReg on the projector outputs ``z``."""
+    """Registry adapter: VICReg on the projector outputs ``z``.
+
+    Args:
+        out1: the online network's outputs for view 1 (its projection ``z`` is used).
+        out2: the same for view 2.
+        tgt1: unused (VICReg has no target network).
+        tgt2: unused.
+        loss_config: ``config.loss``: ``sim_coeff``, ``std_coeff``, ``cov_coeff``.
+        axis_name: the mapped device axis for global-batch statistics, or None.
+
+    Returns:
+        (loss, metrics) of ``vicreg``.
+    """
     del tgt1, tgt2
     return vicreg(out1["z"], out2["z"], sim_coeff=loss_config.sim_coeff,
                   std_coeff=loss_config.std_coeff, cov_coeff=loss_config.cov_coeff,
