@@ -11,6 +11,10 @@ A checkpoint is only complete once orbax has finalized it (renamed its
 temporary folder on disks; written ``commit_success.txt`` on object stores),
 so a run killed while saving leaves the previous checkpoints intact.
 
+Evaluation runs use the same ``Checkpointer`` for their epochs
+(``Checkpointer(DIR, keep=2, subdir="linear_eval", unit="epoch", keep_setting=None)``),
+saving a small JSON ``meta`` dict (the settings and history) beside each state.
+
 The workdir may be any path orbax supports (local, ``gs://``, ...): every
 access goes through ``barlow_jax.paths`` (etils.epath). Checkpoints are
 topology-free: ``restore`` places the arrays on the caller's mesh and
@@ -156,15 +160,26 @@ def _abstract_from_metadata(tree, sharding):
 
 
 class Checkpointer:
-    """A CheckpointManager over ``workdir/checkpoints`` keeping the last ``keep``."""
+    """A CheckpointManager over ``workdir/<subdir>`` keeping the last ``keep``.
 
-    def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
-        self.directory = paths.join(paths.absolute(workdir), "checkpoints")
+    Each step holds ``state`` (arrays, orbax StandardSave) and optionally
+    ``meta`` (a JSON-able dict). ``subdir=""`` keeps the steps in ``workdir``
+    itself. ``unit`` ('step', 'epoch') and ``keep_setting`` (the setting that
+    sets ``keep``, or None) only word the full-disk message.
+    """
+
+    def __init__(self, workdir: str, keep: int = 3, read_only: bool = False, *,
+                 subdir: str = "checkpoints", unit: str = "step",
+                 keep_setting: Optional[str] = "config.keep_checkpoints"):
+        root = paths.absolute(workdir)
+        self.directory = paths.join(root, subdir) if subdir else root
+        self.unit, self.keep_setting = unit, keep_setting
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                                read_only=read_only)
         self.manager = ocp.CheckpointManager(
             self.directory, options=options,
-            item_handlers={"state": ocp.StandardCheckpointHandler()})
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()})
         self._pending = None  # step of the save that may still be writing
 
     def latest_step(self) -> Optional[int]:
@@ -173,15 +188,27 @@ class Checkpointer:
     def all_steps(self):
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state) -> bool:
-        """Saves ``step``; a full disk raises CheckpointSaveError after removing the
-        half-written folder, leaving the previous checkpoints as they were."""
+    def save(self, step: int, state, meta: Optional[Dict] = None) -> bool:
+        """Saves ``step`` (asynchronously; ``wait`` blocks until it is on disk).
+
+        Args:
+          step: the step (or epoch) number the checkpoint is filed under.
+          state: a pytree of arrays.
+          meta: an optional JSON-able dict saved beside the state (``restore_meta``).
+
+        Returns:
+          Whether orbax started a save. A full disk raises CheckpointSaveError
+          after removing the half-written folder, leaving the previous
+          checkpoints as they were.
+        """
         with self._guard():  # the previous (asynchronous) save must have succeeded
             self.manager.wait_until_finished()
         self._pending = int(step)
+        items = {"state": ocp.args.StandardSave(state)}
+        if meta is not None:
+            items["meta"] = ocp.args.JsonSave(meta)
         with self._guard(step):
-            return self.manager.save(int(step), args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state)), force=True)
+            return self.manager.save(int(step), args=ocp.args.Composite(**items), force=True)
 
     def _guard(self, step=None):
         checkpointer = self
@@ -202,14 +229,15 @@ class Checkpointer:
                     kept = [s for s in checkpointer._complete_steps() if s != step_]
                     reason = ("no space left on the device" if is_no_space(error)
                               else f"{type(error).__name__}: {error}")
+                    unit, setting = checkpointer.unit, checkpointer.keep_setting
                     raise CheckpointSaveError(
-                        f"Could not write the checkpoint{'' if step_ is None else f' of step {step_}'}"
+                        f"Could not write the checkpoint{'' if step_ is None else f' of {unit} {step_}'}"
                         f" to {checkpointer.directory} ({reason}); "
                         + (f"removed the half-written {', '.join(removed)}; " if removed else "")
-                        + (f"the latest complete checkpoint is step {max(kept)}, "
+                        + (f"the latest complete checkpoint is {unit} {max(kept)}, "
                            if kept else "no complete checkpoint was written, ")
-                        + "free disk space (or lower config.keep_checkpoints) and rerun the "
-                          "same command to resume.") from error
+                        + "free disk space" + (f" (or lower {setting})" if setting else "")
+                        + " and rerun the same command to resume.") from error
                 return False
 
         return Guard()
@@ -244,6 +272,14 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract)))
         return restored["state"]
+
+    def restore_meta(self, step: Optional[int] = None) -> Dict:
+        """The ``meta`` dict saved with ``step`` (latest when None); {} when none was saved."""
+        step = self.latest_step() if step is None else step
+        if not paths.exists(paths.join(self.directory, str(step), "meta")):
+            return {}
+        return dict(self.manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"])
 
     def restore_raw(self, step: Optional[int] = None):
         """Restores the saved tree as nested dicts of host numpy arrays.

@@ -7,7 +7,7 @@ import pytest
 from tests.cli_helpers import write_untrained_run
 from jax.sharding import Mesh
 
-from barlow_jax.eval import linear, supervised as sup
+from barlow_jax.eval import linear, sgd
 
 
 def mesh_of(n):
@@ -83,7 +83,7 @@ def test_sgd_matches_torch_semantics():
             group["lr"] = lr
         tp.grad = torch.tensor(g)
         opt.step()
-        p, buf = sup.sgd_update(p, buf, {"w": g}, lr, momentum=0.9, weight_decay=0.01)
+        p, buf = sgd.sgd_update(p, buf, {"w": g}, lr, momentum=0.9, weight_decay=0.01)
     np.testing.assert_allclose(p["w"], tp.detach().numpy(), rtol=1e-12)
 
 

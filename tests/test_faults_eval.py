@@ -104,3 +104,33 @@ def test_semisup_sigterm_keeps_epochs_writes_json_and_resumes(tmp_path):
     assert second["complete"] and [e["epoch"] for e in second["epochs"]] == [1, 2, 3, 4]
     assert [e["top1"] for e in second["epochs"][:2]] == [e["top1"] for e in first["epochs"]]
     assert json.load(open(path))["50%"]["complete"]
+
+
+def test_full_disk_during_an_epoch_save_is_one_sentence_and_resumes(tmp_path, monkeypatch):
+    import errno
+    import pytest
+    from barlow_jax import checkpointing
+    w = np.random.default_rng(0).normal(size=(16, 4))
+    (xtr, ytr), (xte, yte) = separable(600, 1, w), separable(300, 2, w)
+    real = checkpointing.ocp.CheckpointManager.save
+
+    def save(self, step, *a, **k):
+        if step == 2:  # a disk that fills while epoch 2 is written
+            os.makedirs(os.path.join(self.directory, "2.orbax-checkpoint-tmp-1234"))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, step, *a, **k)
+
+    monkeypatch.setattr(checkpointing.ocp.CheckpointManager, "save", save)
+    run = lambda: linear.train_head_on_features(
+        xtr, ytr, xte, yte, linear=config(epochs=3), num_classes=4, mesh=mesh_of(8),
+        directory=str(tmp_path / "d"), log=lambda s: None)
+    with pytest.raises(checkpointing.CheckpointSaveError) as e:
+        run()
+    msg = str(e.value)
+    assert "no space left" in msg and "latest complete checkpoint is epoch 1" in msg
+    assert "rerun the same command" in msg and "\n" not in msg
+    assert "keep_checkpoints" not in msg  # a training setting; evaluations keep two epochs
+    assert sorted(os.listdir(tmp_path / "d")) == ["1"]  # the half-written folder is removed
+    monkeypatch.undo()
+    resumed = run()
+    assert resumed["complete"] and [h["epoch"] for h in resumed["epochs"]] == [1, 2, 3]

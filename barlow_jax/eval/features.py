@@ -175,7 +175,14 @@ class Embedder:
         self._embed = jax.jit(embed, out_shardings=self.replicated)
 
     def place_variables(self, variables):
-        """Replicates {'params', 'batch_stats'} on the mesh (no copy if already there)."""
+        """Replicates {'params', 'batch_stats'} on the mesh (no copy if already there).
+
+        Args:
+          variables: SSLNet variables ``{'params', ['batch_stats']}``, host or device arrays.
+
+        Returns:
+          ``{'params', 'batch_stats'}`` as replicated global arrays.
+        """
         tree = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
         def place(x):
@@ -212,7 +219,16 @@ class Embedder:
         return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
     def features_of_batches(self, variables, batches) -> LabelledSet:
-        """(features [N, F], labels [N]) of an iterable of {'image', 'label'} batches."""
+        """Features of an iterable of batches, embedded as they arrive.
+
+        Args:
+          variables: SSLNet variables ``{'params', ['batch_stats']}``.
+          batches: iterable of ``{'image': [b, S, S, 3], 'label': [b]}``; the
+            images uint8 or normalised float.
+
+        Returns:
+          ``LabelledSet(images=features float32 [N, F], labels=int32 [N])``.
+        """
         labels = []
 
         def images():
@@ -225,10 +241,21 @@ class Embedder:
 
     def split_features(self, variables, data_config, split: str, *, max_examples: int = 0,
                        seed: int = 0) -> LabelledSet:
-        """(features, labels) of a split (or a seeded subset), test-time preprocessing.
+        """Features of a split (or a seeded subset) with the test-time preprocessing.
 
         A whole streamed split is embedded batch by batch without keeping its
         images; subsets and small held arrays go through ``load_labelled``.
+
+        Args:
+          variables: SSLNet variables ``{'params', ['batch_stats']}``.
+          data_config: ``config.data`` of the run (source, path, image size).
+          split: the split's name, e.g. 'test'.
+          max_examples: size of a seeded random subset; 0 takes the whole split.
+          seed: the subset's seed.
+
+        Returns:
+          ``LabelledSet(images=features float32 [N, F], labels=int32 [N])``;
+          an unlabeled split raises ValueError.
         """
         if max_examples <= 0 and _held_arrays(data_config, split) is None:
             out = self.features_of_batches(
@@ -240,9 +267,27 @@ class Embedder:
         return LabelledSet(self.features(variables, data.images), data.labels)
 
     def features(self, variables, images) -> np.ndarray:
-        """Pooled backbone features float32 [N, F] of uint8 or normalised float images."""
+        """Pooled backbone features of images (BN in inference mode).
+
+        Args:
+          variables: SSLNet variables ``{'params', ['batch_stats']}``.
+          images: [N, S, S, 3] uint8 or normalised float images on the host.
+
+        Returns:
+          float32 [N, F] NumPy features.
+        """
         return self._apply(self._features, variables, [np.asarray(images)])
 
     def embed(self, variables, images) -> Dict[str, np.ndarray]:
-        """SSLNet outputs {'features', 'z', ['p']} float32 of the images."""
+        """The whole SSLNet's outputs of images (BN in inference mode).
+
+        Args:
+          variables: SSLNet variables ``{'params', ['batch_stats']}``.
+          images: [N, S, S, 3] uint8 or normalised float images on the host.
+
+        Returns:
+          ``{'features', 'z', ['p']}``: float32 NumPy arrays with N rows (the
+          pooled features, the projection and, for predictor methods, the
+          prediction).
+        """
         return self._apply(self._embed, variables, [np.asarray(images)])

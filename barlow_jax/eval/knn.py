@@ -95,6 +95,10 @@ def knn_predict(train_feats, train_labels, test_feats, *, k: int = 200,
       num_classes: number of classes C.
       chunk_size: test rows per device call (bounds memory).
       mesh: 1-D mesh with axis 'data' (default: all devices).
+
+    Returns:
+      int32 [N_test, min(5, num_classes)]: the classes of each test row, most
+      voted first (the input of ``knn_accuracy``).
     """
     train_feats = np.asarray(train_feats, np.float32)
     test_feats = np.asarray(test_feats, np.float32)
@@ -137,7 +141,15 @@ def knn_predict(train_feats, train_labels, test_feats, *, k: int = 200,
 
 
 def knn_accuracy(ranked: np.ndarray, labels) -> Dict[str, float]:
-    """Top-1 / top-5 accuracy in percent from ``knn_predict``'s ranking."""
+    """Top-1 / top-5 accuracy from ``knn_predict``'s ranking.
+
+    Args:
+      ranked: ``knn_predict``'s int [N, <=5] ranked classes.
+      labels: the true int labels [N].
+
+    Returns:
+      ``{'top1', 'top5'}`` in percent.
+    """
     labels = np.asarray(labels)
     if len(labels) != len(ranked):
         raise ValueError(f"Got {len(ranked)} predictions for {len(labels)} labels.")
@@ -187,10 +199,16 @@ class KnnMonitor:
             f"T={self.temperature}; loaded in {seconds:.1f}s, {mib:.0f} MiB host memory.")
 
     def evaluate(self, variables, probe=None) -> Dict[str, float]:
-        """variables = {'params': SSLNet params, 'batch_stats': SSLNet batch_stats}.
+        """kNN accuracy of the backbone of ``variables`` on the loaded sets.
 
-        ``probe``: the online linear probe ({'params', ...}, TrainState.probe) or None;
-        when given, its top-1 on the same test features is added as ``online_test_top1``.
+        Args:
+          variables: ``{'params': SSLNet params, 'batch_stats': SSLNet batch_stats}``.
+          probe: the online linear probe (``{'params', ...}``, TrainState.probe)
+            or None; when given, its top-1 on the same test features is added.
+
+        Returns:
+          ``{'knn_top1', 'knn_top5', ['online_test_top1'], 'knn_seconds'}``:
+          percentages and the wall seconds of the call.
         """
         start = time.perf_counter()
         train_f, test_f = self._features(variables)

@@ -43,6 +43,8 @@ import numpy as np
 
 from barlow_jax import parallel
 from barlow_jax.eval import features as feats_lib
+from barlow_jax.eval import epochs as epochs_lib
+from barlow_jax.eval import sgd
 from barlow_jax.eval import supervised as sup
 
 SMALL_IMAGE = feats_lib.SMALL_IMAGE
@@ -106,12 +108,12 @@ class LinearTrainer:
 
         def update(head, buf, feats, labels, mask, lr):
             loss, grads = jax.value_and_grad(
-                lambda h: sup.masked_cross_entropy(head_logits(h, feats), labels, mask))(head)
-            head, buf = sup.sgd_update(head, buf, grads, lr, momentum=momentum, weight_decay=wd)
+                lambda h: sgd.masked_cross_entropy(head_logits(h, feats), labels, mask))(head)
+            head, buf = sgd.sgd_update(head, buf, grads, lr, momentum=momentum, weight_decay=wd)
             return head, buf, loss
 
         self.feature_step = jax.jit(update)
-        self.eval_counts = jax.jit(lambda head, feats, labels, mask: sup.topk_correct(
+        self.eval_counts = jax.jit(lambda head, feats, labels, mask: sgd.topk_correct(
             head_logits(head, feats), labels, mask))
         if config is not None:
             from barlow_jax.data import augment_jax
@@ -141,7 +143,7 @@ class LinearTrainer:
         """(top1, top5) in percent of the head on precomputed features."""
         counts = np.zeros(2)
         n_dev = self.mesh.devices.size
-        for idx, mask in sup.padded_batches(len(labels), batch_size, n_dev):
+        for idx, mask in sgd.padded_batches(len(labels), batch_size, n_dev):
             counts += np.asarray(self.eval_counts(head, self.put_batch(feats[idx]),
                                                   self.put_batch(labels[idx]),
                                                   self.put_batch(mask)))
@@ -152,7 +154,21 @@ def train_head_on_features(train_feats, train_labels, test_feats, test_labels, *
                            num_classes: int, mesh, directory: Optional[str] = None,
                            setup: Optional[Dict] = None,
                            log: Callable[[str], None] = print) -> Dict:
-    """The probe on precomputed features (``augment=False``); see ``run_linear_eval``."""
+    """The probe on precomputed features (``augment=False``).
+
+    Args:
+      train_feats, train_labels: [N, D] features and [N] labels of the train split.
+      test_feats, test_labels: the same for the test split.
+      linear: the probe's settings (``get_default_linear_config``).
+      num_classes: the number of outputs of the linear layer.
+      mesh: the device mesh (batches are sharded over its 'data' axis).
+      directory: the epoch checkpoint folder; None saves nothing and never resumes.
+      setup: extra settings recorded in (and checked on resume against) the checkpoints.
+      log: receives the progress lines.
+
+    Returns:
+      The results dict of ``run_linear_eval``.
+    """
     return _train(linear=linear, mesh=mesh, num_classes=num_classes, directory=directory,
                   setup=setup or {}, log=log, test=(test_feats, test_labels),
                   train_feats=(np.asarray(train_feats, np.float32),
@@ -161,8 +177,8 @@ def train_head_on_features(train_feats, train_labels, test_feats, test_labels, *
 
 def _train(*, linear, mesh, num_classes, directory, setup, log, test, train_feats=None,
            train_images=None, stream=None, config=None, bvars=None,
-           on_epoch: Optional[Callable[[Dict], None]] = None) -> Dict:
-    """Epoch loop shared by the three input modes; returns the results dict.
+           write: Optional[Callable[[Dict], None]] = None) -> Dict:
+    """One epoch function for the three input modes, run by ``epochs.run_epochs``.
 
     Exactly one of ``train_feats`` (features, labels), ``train_images``
     (uint8 images, labels) or ``stream`` (epoch -> iterable of batches) is set.
@@ -178,94 +194,74 @@ def _train(*, linear, mesh, num_classes, directory, setup, log, test, train_feat
     setup = dict(setup, epochs=epochs, batch_size=bsz, lr=float(linear.lr),
                  weight_decay=float(linear.weight_decay), momentum=float(linear.momentum),
                  seed=seed, feature_dim=dim, num_classes=int(num_classes))
-    history, start = [], 0
-    ckpt = sup.EpochCheckpoints(directory) if directory else None
-    try:
-        if ckpt is not None and ckpt.latest_epoch():
-            start = int(ckpt.latest_epoch())
-            state, meta = ckpt.restore(start, state)
-            sup.check_resumable(meta, setup, ckpt.directory)
-            history = list(meta["history"])
-            log(f"linear probe: resumed after epoch {start} from {ckpt.directory}")
-        if bvars is not None:
-            bvars = trainer.put_replicated(bvars)
-        stop = int(linear.stop_after_epochs)
-        signal_stop = sup.StopOnSignal("linear probe", log).__enter__()
-        for epoch in range(start, epochs):
-            t0 = time.perf_counter()
-            lr = sup.cosine_lr(float(linear.lr), epoch, epochs)
-            lr_dev = trainer.put_replicated(np.float32(lr))
-            head, buf = state["head"], state["buf"]
-            losses = []
-            if stream is not None:
-                b_pad = -(-bsz // n_dev) * n_dev
-                for i, batch in enumerate(stream(epoch)):
-                    if signal_stop.received:
-                        break
-                    batch, mask = sup.pad_batch(batch, b_pad)
-                    head, buf, loss = trainer.image_step(
-                        head, buf, bvars, trainer.put_batch(batch["image"]),
-                        trainer.put_batch(batch["label"].astype(np.int32)),
-                        trainer.put_batch(mask), None, lr_dev)
-                    losses.append((loss, float(mask.sum())))
-            else:
-                data, labels = train_feats if train_feats is not None else train_images
-                order = np.random.default_rng([seed, epoch]).permutation(len(labels))
-                epoch_key = jax.random.fold_in(jax.random.key(seed + 1), epoch)
-                for i, (idx, mask) in enumerate(sup.padded_batches(len(labels), bsz, n_dev, order)):
-                    if signal_stop.received:
-                        break
-                    args = (trainer.put_batch(data[idx]), trainer.put_batch(labels[idx]),
-                            trainer.put_batch(mask))
-                    if train_feats is not None:
-                        head, buf, loss = trainer.feature_step(head, buf, *args, lr_dev)
-                    else:
-                        key = trainer.put_replicated(
-                            jax.random.key_data(jax.random.fold_in(epoch_key, i)))
-                        head, buf, loss = trainer.image_step(head, buf, bvars, *args, key, lr_dev)
-                    losses.append((loss, float(mask.sum())))
-            if signal_stop.received:
-                break  # the unfinished epoch's updates are dropped
-            state = {"head": head, "buf": buf}
-            loss = float(sum(float(l) * n for l, n in losses) / max(sum(n for _, n in losses), 1.0))
-            top1, top5 = trainer.evaluate(head, test_feats, test_labels)
-            record = {"epoch": epoch + 1, "loss": loss, "lr": lr, "top1": top1, "top5": top5,
-                      "seconds": time.perf_counter() - t0}
-            history.append(record)
-            best = max(h["top1"] for h in history)
-            log(f"linear probe epoch {epoch + 1}/{epochs} | loss {loss:.4f} | lr {lr:.4g} | "
-                f"top1 {top1:.2f} | top5 {top5:.2f} | best top1 {best:.2f} | "
-                f"{record['seconds']:.1f}s | {sup.eta_text(history, start, epochs)}")
-            if ckpt is not None:
-                ckpt.save(epoch + 1, state, {"setup": setup, "history": history})
-            if on_epoch is not None:  # results so far, written after every epoch
-                on_epoch(dict(sup.summarize(history), epochs=history, setup=setup,
-                              complete=history[-1]["epoch"] == epochs))
-            if stop and epoch + 1 - start >= stop and epoch + 1 < epochs:
-                break
-    finally:
-        if "signal_stop" in locals():
-            signal_stop.__exit__(None, None, None)
-        if ckpt is not None:
-            ckpt.close()
-    if signal_stop.received:
-        done = history[-1]["epoch"] if history else 0
-        log(f"linear probe: stopped by {signal_stop.received} after epoch {done}/{epochs}"
-            + (f", saved in {ckpt.directory}; rerun the same command to resume." if ckpt
-               else "."))
-    return dict(sup.summarize(history), epochs=history, setup=setup,
-                complete=bool(history) and history[-1]["epoch"] == epochs,
-                stopped_by=signal_stop.received,
-                head=jax.tree.map(np.asarray, state["head"]))
+    if bvars is not None:
+        bvars = trainer.put_replicated(bvars)
+
+    def train_epoch(epoch, state, stopped):
+        lr = sgd.cosine_lr(float(linear.lr), epoch, epochs)
+        lr_dev = trainer.put_replicated(np.float32(lr))
+        head, buf = state["head"], state["buf"]
+        losses = []
+        if stream is not None:
+            b_pad = sgd.padded_size(bsz, n_dev)
+            for batch in stream(epoch):
+                if stopped():
+                    break
+                batch, mask = sgd.pad_batch(batch, b_pad)
+                head, buf, loss = trainer.image_step(
+                    head, buf, bvars, trainer.put_batch(batch["image"]),
+                    trainer.put_batch(batch["label"].astype(np.int32)),
+                    trainer.put_batch(mask), None, lr_dev)
+                losses.append((loss, float(mask.sum())))
+        else:
+            data, labels = train_feats if train_feats is not None else train_images
+            order = np.random.default_rng([seed, epoch]).permutation(len(labels))
+            epoch_key = jax.random.fold_in(jax.random.key(seed + 1), epoch)
+            for i, (idx, mask) in enumerate(sgd.padded_batches(len(labels), bsz, n_dev, order)):
+                if stopped():
+                    break
+                args = (trainer.put_batch(data[idx]), trainer.put_batch(labels[idx]),
+                        trainer.put_batch(mask))
+                if train_feats is not None:
+                    head, buf, loss = trainer.feature_step(head, buf, *args, lr_dev)
+                else:
+                    key = trainer.put_replicated(
+                        jax.random.key_data(jax.random.fold_in(epoch_key, i)))
+                    head, buf, loss = trainer.image_step(head, buf, bvars, *args, key, lr_dev)
+                losses.append((loss, float(mask.sum())))
+        return {"head": head, "buf": buf}, losses, {"lr": lr}
+
+    results, state, stopped_by = epochs_lib.run_epochs(
+        "linear probe", epochs, state, setup, train_epoch=train_epoch,
+        evaluate=lambda state: trainer.evaluate(state["head"], test_feats, test_labels),
+        directory=directory, stop_after=int(linear.stop_after_epochs), write=write, log=log)
+    return dict(results, stopped_by=stopped_by, head=jax.tree.map(np.asarray, state["head"]))
 
 
 def run_linear_eval(workdir: str, linear=None, *, config=None, variables=None,
                     pretrain_step: Optional[int] = None, mesh=None,
                     log: Callable[[str], None] = print) -> Dict:
-    """Runs (or resumes) the probe of the checkpoint in ``workdir``; returns the results.
+    """Runs (or resumes) the probe of the checkpoint in ``workdir``.
 
-    ``config``/``variables`` default to ``checkpointing.load_variables(workdir,
-    step)``; a given ``config`` (e.g. with CLI overrides) replaces the saved one.
+    Epoch checkpoints go to ``workdir/linear_eval/``, the results to
+    ``workdir/linear_eval.json`` (rewritten after every epoch).
+
+    Args:
+      workdir: the pretraining run's directory (local or gs://...).
+      linear: the probe's settings; None uses ``get_default_linear_config()``.
+      config: the pretraining config; None loads ``workdir/config.json`` (a
+        given one, e.g. with CLI overrides, replaces the saved one).
+      variables: the pretrained variables; None loads the checkpoint at
+        ``linear.step`` (latest when < 0) with ``checkpointing.load_variables``.
+      pretrain_step: the step ``variables`` come from (recorded in the setup).
+      mesh: the device mesh; None uses all devices.
+      log: receives the progress lines.
+
+    Returns:
+      ``{'best', 'final', 'epochs', 'setup', 'complete', 'stopped_by',
+      'head'}``: best and final top-1 / top-5 in percent, one record per
+      epoch, the settings, whether all epochs are done, the signal that
+      stopped the run (or None) and the linear layer as NumPy arrays.
     """
     linear = linear if linear is not None else get_default_linear_config()
     config, variables, pretrain_step, mesh, train_split, test_split = sup.resolve_run(
@@ -318,11 +314,8 @@ def run_linear_eval(workdir: str, linear=None, *, config=None, variables=None,
     result = _train(linear=linear, mesh=mesh, num_classes=num_classes,
                     directory=paths.join(workdir, "linear_eval"), setup=setup, log=log,
                     test=(test.images, test.labels),
-                    on_epoch=lambda r: sup.write_json(json_path, dict(
+                    write=lambda r: epochs_lib.write_json(json_path, dict(
                         r, protocol=linear.to_dict())), **kwargs)
-    payload = {k: v for k, v in result.items() if k not in ("head", "stopped_by")}
-    payload["protocol"] = linear.to_dict()
-    sup.write_json(json_path, payload)
     if result["complete"]:
         log(f"linear probe done: final top1 {result['final']['top1']:.2f} "
             f"top5 {result['final']['top5']:.2f}, best top1 {result['best']['top1']:.2f}; "

@@ -38,7 +38,7 @@ results: ``DIR/semisup_eval.json``, one entry per fraction ("1%", "10%").
 
 from __future__ import annotations
 
-import inspect
+import json
 import os
 import time
 from typing import Callable, Dict, Optional
@@ -52,6 +52,8 @@ from barlow_jax import parallel
 from barlow_jax.data import normalize
 from barlow_jax.eval import features as feats_lib
 from barlow_jax.eval import linear as linear_lib
+from barlow_jax.eval import epochs as epochs_lib
+from barlow_jax.eval import sgd
 from barlow_jax.eval import supervised as sup
 
 BN_MODES = ("train", "frozen")
@@ -142,51 +144,12 @@ def split_labels(data_config, split: str) -> np.ndarray:
 def subset_stream(data_config, split, indices, *, batch_size, seed, epoch):
     """Train-mode batches of the rows ``indices`` of a split, in a (seed, epoch) order."""
     from barlow_jax import data as data_lib
-    if "indices" in inspect.signature(data_lib.eval_batches).parameters:
-        yield from data_lib.eval_batches(data_config, split, batch_size=batch_size, mode="train",
-                                         seed=seed, epoch=epoch, indices=indices,
-                                         process_index=0, process_count=1)
-        return
-    # Without index support: stream the whole split and keep the subset's rows.
     if data_config.source == "tfds":
         raise ValueError("Semi-supervised subsets of a TFDS split need images of at most "
                          f"{linear_lib.SMALL_IMAGE} pixels; use a folder source for larger ones.")
-    keep = np.zeros(int(data_lib.num_examples(data_config, split)), bool)
-    keep[indices] = True
-    images, labels, n = [], [], 0
-    # mode='test' order is positional; augment row by row with the train transform.
-    for pos, batch in _positional(data_config, split, batch_size, seed, epoch):
-        sel = keep[pos]
-        if sel.any():
-            images.append(batch["image"][sel])
-            labels.append(batch["label"][sel])
-            n += int(sel.sum())
-        while n >= batch_size:
-            img, lab = np.concatenate(images), np.concatenate(labels)
-            yield {"image": img[:batch_size], "label": lab[:batch_size]}
-            images, labels, n = [img[batch_size:]], [lab[batch_size:]], n - batch_size
-    if n:
-        yield {"image": np.concatenate(images), "label": np.concatenate(labels)}
-
-
-def _positional(data_config, split, batch_size, seed, epoch):
-    """(positions, batch) of mode='train' batches; eval_batches' train order is
-    ``data.pipeline.epoch_permutation(seed, epoch, n)``."""
-    from barlow_jax import data as data_lib
-    from barlow_jax.data.pipeline import epoch_permutation
-    order = epoch_permutation(seed, epoch, int(data_lib.num_examples(data_config, split)))
-    start = 0
-    labels = split_labels(data_config, split)
-    for batch in feats_lib.eval_stream(data_config, split, batch_size=batch_size, mode="train",
-                                       seed=seed, epoch=epoch):
-        b = len(batch["label"])
-        pos = order[start:start + b]
-        if not np.array_equal(labels[pos], batch["label"]):
-            raise ValueError("data.eval_batches(mode='train') no longer follows "
-                             "epoch_permutation(seed, epoch, n); semisup needs eval_batches "
-                             "to accept indices= for images larger than 64 pixels.")
-        yield pos, batch
-        start += b
+    return data_lib.eval_batches(data_config, split, batch_size=batch_size, mode="train",
+                                 seed=seed, epoch=epoch, indices=indices,
+                                 process_index=0, process_count=1)
 
 
 class FineTuner:
@@ -225,12 +188,12 @@ class FineTuner:
 
             def loss_fn(p):
                 logits, new_bs = forward(p, batch_stats, x, bn_train)
-                return sup.masked_cross_entropy(logits, labels, mask), new_bs
+                return sgd.masked_cross_entropy(logits, labels, mask), new_bs
 
             (loss, new_bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
             lr_tree = {"backbone": jax.tree.map(lambda _: lrs[0], params["backbone"]),
                        "head": jax.tree.map(lambda _: lrs[1], params["head"])}
-            params, buf = sup.sgd_update(params, buf, grads, lr_tree, momentum=momentum,
+            params, buf = sgd.sgd_update(params, buf, grads, lr_tree, momentum=momentum,
                                          weight_decay=wd)
             return params, new_bs, buf, loss
 
@@ -240,7 +203,7 @@ class FineTuner:
             else:
                 x = images.astype(jnp.float32)
             logits, _ = forward(params, batch_stats, x, False)
-            return sup.topk_correct(logits, labels, mask)
+            return sgd.topk_correct(logits, labels, mask)
 
         self.step = jax.jit(step)
         self.counts = jax.jit(counts)
@@ -251,12 +214,12 @@ class FineTuner:
 
     def evaluate(self, params, batch_stats, batches, batch_size: int):
         """(top1, top5) in percent over an iterable of {'image', 'label'} batches."""
-        b_pad = -(-batch_size // self.mesh.devices.size) * self.mesh.devices.size
+        b_pad = sgd.padded_size(batch_size, self.mesh.devices.size)
         total, n = np.zeros(2), 0
         for batch in batches:
             for start in range(0, len(batch["label"]), b_pad):
                 part = {k: v[start:start + b_pad] for k, v in batch.items()}
-                part, mask = sup.pad_batch(part, b_pad)
+                part, mask = sgd.pad_batch(part, b_pad)
                 total += np.asarray(self.counts(params, batch_stats, self.put(part["image"]),
                                                 self.put(part["label"].astype(np.int32)),
                                                 self.put(mask)))
@@ -278,7 +241,29 @@ def _fill_batch(batch, b_pad, order_head):
 def run_semisup(workdir: str, semisup=None, fraction: float = 0.01, *, config=None,
                 variables=None, pretrain_step: Optional[int] = None, mesh=None,
                 log: Callable[[str], None] = print) -> Dict:
-    """Fine-tunes (or resumes) on ``fraction`` of the labels; returns the results."""
+    """Fine-tunes (or resumes) backbone + linear layer on ``fraction`` of the labels.
+
+    Epoch checkpoints go to ``workdir/semisup_<pct>pct/``, the results to
+    ``workdir/semisup_eval.json`` under the key ``"<pct>%"`` (rewritten after
+    every epoch; the other fractions' entries are kept).
+
+    Args:
+      workdir: the pretraining run's directory (local or gs://...).
+      semisup: the fine-tuning settings; None uses ``get_default_semisup_config()``.
+      fraction: the fraction of the train labels, e.g. 0.01 or 0.1.
+      config: the pretraining config; None loads ``workdir/config.json`` (a
+        given one, e.g. with CLI overrides, replaces the saved one).
+      variables: the pretrained variables; None loads the checkpoint at
+        ``semisup.step`` (latest when < 0) with ``checkpointing.load_variables``.
+      pretrain_step: the step ``variables`` come from (recorded in the setup).
+      mesh: the device mesh; None uses all devices.
+      log: receives the progress lines.
+
+    Returns:
+      ``{'best', 'final', 'epochs', 'setup', 'complete', 'protocol'}``: best
+      and final top-1 / top-5 in percent, one record per epoch, the settings,
+      whether all epochs are done and the ``semisup`` settings used.
+    """
     semisup = semisup if semisup is not None else get_default_semisup_config()
     config, variables, pretrain_step, mesh, train_split, test_split = sup.resolve_run(
         workdir, semisup, config, variables, pretrain_step, mesh)
@@ -335,95 +320,63 @@ def run_semisup(workdir: str, semisup=None, fraction: float = 0.01, *, config=No
              "batch_size": bsz, "lr_backbone": lr_backbone, "lr_head": float(semisup.lr_head),
              "weight_decay": float(semisup.weight_decay), "bn": str(semisup.bn), "seed": seed,
              "subset": subset_kind, "num_classes": num_classes}
-    from barlow_jax import paths  # the workdir may be gs://... (etils.epath)
-    ckpt = sup.EpochCheckpoints(paths.join(workdir, f"semisup_{100 * fraction:g}pct"))
-    history, start = [], 0
     n_dev = mesh.devices.size
-    b_pad = -(-bsz // n_dev) * n_dev
+    b_pad = sgd.padded_size(bsz, n_dev)
+
+    def train_epoch(epoch, state, stopped):
+        lr_b = sgd.cosine_lr(lr_backbone, epoch, epochs)
+        lr_h = sgd.cosine_lr(float(semisup.lr_head), epoch, epochs)
+        lrs_dev = tuner.put(np.array([lr_b, lr_h], np.float32), replicated=True)
+        params, batch_stats, buf = state["params"], state["batch_stats"], state["buf"]
+        losses = []
+        order = np.random.default_rng([seed, epoch]).permutation(len(indices))
+        epoch_key = jax.random.fold_in(jax.random.key(seed + 1), epoch)
+        if small:
+            head_rows = {"image": train.images[order[:b_pad]],
+                         "label": train.labels[order[:b_pad]]}
+            batches = ({"image": train.images[order[i:i + bsz]],
+                        "label": train.labels[order[i:i + bsz]]}
+                       for i in range(0, len(order), bsz))
+        else:
+            batches = subset_stream(dc, train_split, indices, batch_size=bsz, seed=seed,
+                                    epoch=epoch)
+            head_rows = None
+        for i, batch in enumerate(batches):
+            if stopped():
+                break
+            if head_rows is None:
+                head_rows = {k: np.asarray(v) for k, v in batch.items()}
+            batch, mask = _fill_batch(batch, b_pad, head_rows)
+            key = tuner.put(jax.random.key_data(jax.random.fold_in(epoch_key, i)),
+                            replicated=True)
+            params, batch_stats, buf, loss = tuner.step(
+                params, batch_stats, buf, tuner.put(batch["image"]),
+                tuner.put(batch["label"].astype(np.int32)), tuner.put(mask), key, lrs_dev)
+            losses.append((loss, float(mask.sum())))
+        return ({"params": params, "batch_stats": batch_stats, "buf": buf}, losses,
+                {"lr_backbone": lr_b, "lr_head": lr_h})
+
+    from barlow_jax import paths  # the workdir may be gs://... (etils.epath)
     path = paths.join(workdir, "semisup_eval.json")
 
-    def write_results():
-        """semisup_eval.json with this fraction's epochs so far (after every epoch)."""
-        result = dict(sup.summarize(history), epochs=history, setup=setup,
-                      complete=bool(history) and history[-1]["epoch"] == epochs,
-                      protocol=semisup.to_dict())
+    def write(results):
+        """semisup_eval.json with this fraction's epochs so far (the other fractions kept)."""
         payload = {}
         if paths.exists(path):
-            import json
             try:
                 payload = json.loads(paths.read_text(path))
             except ValueError:
                 payload = {}
-        payload[pct] = result
-        sup.write_json(path, payload)
-        return result
+        payload[pct] = dict(results, protocol=semisup.to_dict())
+        epochs_lib.write_json(path, payload)
 
-    signal_stop = sup.StopOnSignal(f"semisup {pct}", log)
-    try:
-        if ckpt.latest_epoch():
-            start = int(ckpt.latest_epoch())
-            state, meta = ckpt.restore(start, state)
-            sup.check_resumable(meta, setup, ckpt.directory)
-            history = list(meta["history"])
-            log(f"semisup {pct}: resumed after epoch {start} from {ckpt.directory}")
-        stop = int(semisup.stop_after_epochs)
-        signal_stop.__enter__()
-        for epoch in range(start, epochs):
-            t0 = time.perf_counter()
-            lr_b = sup.cosine_lr(lr_backbone, epoch, epochs)
-            lr_h = sup.cosine_lr(float(semisup.lr_head), epoch, epochs)
-            lrs_dev = tuner.put(np.array([lr_b, lr_h], np.float32), replicated=True)
-            params, batch_stats, buf = state["params"], state["batch_stats"], state["buf"]
-            losses = []
-            order = np.random.default_rng([seed, epoch]).permutation(len(indices))
-            epoch_key = jax.random.fold_in(jax.random.key(seed + 1), epoch)
-            if small:
-                head_rows = {"image": train.images[order[:b_pad]],
-                             "label": train.labels[order[:b_pad]]}
-                batches = ({"image": train.images[order[i:i + bsz]],
-                            "label": train.labels[order[i:i + bsz]]}
-                           for i in range(0, len(order), bsz))
-            else:
-                batches = subset_stream(dc, train_split, indices, batch_size=bsz, seed=seed,
-                                        epoch=epoch)
-                head_rows = None
-            for i, batch in enumerate(batches):
-                if signal_stop.received:
-                    break
-                if head_rows is None:
-                    head_rows = {k: np.asarray(v) for k, v in batch.items()}
-                batch, mask = _fill_batch(batch, b_pad, head_rows)
-                key = tuner.put(jax.random.key_data(jax.random.fold_in(epoch_key, i)),
-                                replicated=True)
-                params, batch_stats, buf, loss = tuner.step(
-                    params, batch_stats, buf, tuner.put(batch["image"]),
-                    tuner.put(batch["label"].astype(np.int32)), tuner.put(mask), key, lrs_dev)
-                losses.append((loss, float(mask.sum())))
-            if signal_stop.received:
-                break  # the unfinished epoch's updates are dropped
-            state = {"params": params, "batch_stats": batch_stats, "buf": buf}
-            loss = float(sum(float(l) * n for l, n in losses) / max(sum(n for _, n in losses), 1))
-            top1, top5 = tuner.evaluate(params, batch_stats, test_batches(),
-                                        int(semisup.eval_batch_size))
-            record = {"epoch": epoch + 1, "loss": loss, "lr_backbone": lr_b,
-                      "lr_head": lr_h, "top1": top1, "top5": top5,
-                      "seconds": time.perf_counter() - t0}
-            history.append(record)
-            log(f"semisup {pct} epoch {epoch + 1}/{epochs} | loss {loss:.4f} | lr "
-                f"{lr_b:.4g}/{lr_h:.4g} | top1 {top1:.2f} | top5 {top5:.2f} | "
-                f"{record['seconds']:.1f}s | {sup.eta_text(history, start, epochs)}")
-            ckpt.save(epoch + 1, state, {"setup": setup, "history": history})
-            write_results()
-            if stop and epoch + 1 - start >= stop and epoch + 1 < epochs:
-                break
-    finally:
-        signal_stop.__exit__(None, None, None)
-        ckpt.close()
-    result = write_results()
-    if signal_stop.received:
-        done = history[-1]["epoch"] if history else 0
-        log(f"semisup {pct}: stopped by {signal_stop.received} after epoch {done}/{epochs}, "
-            f"saved in {ckpt.directory}; rerun the same command to resume.")
+    results, _, _ = epochs_lib.run_epochs(
+        f"semisup {pct}", epochs, state, setup, train_epoch=train_epoch,
+        evaluate=lambda state: tuner.evaluate(state["params"], state["batch_stats"],
+                                              test_batches(), int(semisup.eval_batch_size)),
+        directory=paths.join(workdir, f"semisup_{100 * fraction:g}pct"),
+        stop_after=int(semisup.stop_after_epochs), write=write, log=log)
+    result = dict(results, protocol=semisup.to_dict())
     if result["complete"]:
         log(f"semisup {pct} done: final top1 {result['final']['top1']:.2f} top5 "
             f"{result['final']['top5']:.2f}; {path}")
