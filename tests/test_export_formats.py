@@ -1,6 +1,6 @@
 """--format=safetensors and --format=timm_hub: files, model card, and loading them in PyTorch.
 
-Every machine with torch: the exported tensors run through barlow_jax.torch_ref
+Every machine with torch: the exported tensors run through tests/torch_ref.py
 (torch.nn.functional written from torchvision's semantics) and must give the
 JAX model's features. With torchvision / timm installed (the ``test`` extra
 installs both; tests/torch_libs.py imports PyPI's CUDA torchvision wheel beside
@@ -94,7 +94,7 @@ def _torch_feats(sd, x, module=None):
         module.eval()
         with torch.no_grad():
             return module(xt).numpy()
-    from barlow_jax import torch_ref
+    from tests import torch_ref
     return torch_ref.resnet_features({k: torch.as_tensor(np.asarray(a)) for k, a in sd.items()},
                                      xt).numpy()
 
