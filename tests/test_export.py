@@ -321,7 +321,7 @@ def fake_run(tmp_path, monkeypatch):
     """A workdir with checkpoints/7/ whose loader returns random SSLNet variables."""
     c, _, v = random_ssl_variables(8)
     (tmp_path / "run" / "checkpoints" / "7").mkdir(parents=True)
-    monkeypatch.setattr(export, "_load_variables", lambda workdir, step: (c, v, 7))
+    monkeypatch.setattr(export.files, "_load_variables", lambda workdir, step: (c, v, 7))
     return str(tmp_path / "run"), v
 
 
