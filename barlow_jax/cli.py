@@ -26,12 +26,17 @@ def verbose() -> bool:
         return False
 
 
-def fail(message: str, code: int = 1, error: BaseException = None):
-    """Prints ``error: message`` (plus the traceback when verbose) and exits with ``code``."""
+def print_error(message: str, error: BaseException = None) -> None:
+    """Prints ``error: message`` on stderr, after the traceback of ``error`` when verbose."""
     if error is not None and verbose():
         traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
     text = message if message.startswith(("error:", "warning:")) else f"error: {message}"
     print(text, file=sys.stderr, flush=True)
+
+
+def fail(message: str, code: int = 1, error: BaseException = None):
+    """Prints ``error: message`` (plus the traceback when verbose) and exits with ``code``."""
+    print_error(message, error)
     sys.exit(code)
 
 
@@ -122,17 +127,29 @@ def _config_file_path(argv) -> str:
     return "the --config file"
 
 
-def parse_flags(argv):
-    """absl's parser, but a bad --config file or --config.KEY becomes one clear sentence."""
-    if "verbose" not in flags.FLAGS:
-        flags.DEFINE_bool("verbose", False, "Print tracebacks with error messages.")
+def parse_flags(argv, flag_values: flags.FlagValues = None):
+    """absl's parser, but a bad --config file or --config.KEY becomes one clear sentence.
+
+    Args:
+      argv: the command line, program name first.
+      flag_values: where the flags are defined; None for absl's global
+        ``flags.FLAGS`` (a CLI callable in-process, like ``barlow_jax.export``,
+        defines them on its own ``flags.FlagValues()``).
+
+    Returns:
+      The arguments that are not flags, program name first. A bad flag
+      prints one sentence on stderr and exits with status 2.
+    """
+    fv = flags.FLAGS if flag_values is None else flag_values
+    if "verbose" not in fv:
+        flags.DEFINE_bool("verbose", False, "Print tracebacks with error messages.", flag_values=fv)
     path = _config_file_path(argv)
     if any(a in ("--verbose", "--verbose=true", "--verbose=1") for a in argv[1:]):
         os.environ["BARLOW_JAX_VERBOSE"] = "1"  # parse errors happen before the flag is read
     try:
-        rest = flags.FLAGS(argv)
-        if "config" in flags.FLAGS and flags.FLAGS["config"].present:
-            config = flags.FLAGS.config  # a broken or missing file fails here, not later
+        rest = fv(argv)
+        if "config" in fv and fv["config"].present:
+            config = fv.config  # a broken or missing file fails here, not later
             _ = config.to_dict()
             check_config_file_keys(config, path)
         return rest

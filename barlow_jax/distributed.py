@@ -45,33 +45,30 @@ class PeerLost(RuntimeError):
     """Another process of the job died; the message is one sentence (``peer_failure_message``)."""
 
 
-def define_flags(flags_module=None):
-    """Defines --coordinator_address, --num_processes, --process_id (once) on absl flags."""
+def define_flags(flags_module=None, flag_values=None):
+    """Defines --coordinator_address, --num_processes, --process_id (once) on absl flags.
+
+    ``flag_values``: the ``absl.flags.FlagValues`` to define them on; None for
+    ``flags_module.FLAGS`` (absl's global flags).
+    """
     if flags_module is None:
         from absl import flags as flags_module
-    if "coordinator_address" in flags_module.FLAGS:
+    fv = flags_module.FLAGS if flag_values is None else flag_values
+    if "coordinator_address" in fv:
         return
     flags_module.DEFINE_string(
         "coordinator_address", None, f"HOST:PORT of process 0's coordinator (or ${ENV_ADDRESS}); "
-        "with --num_processes and --process_id starts the multi-process runtime.")
+        "with --num_processes and --process_id starts the multi-process runtime.", flag_values=fv)
     flags_module.DEFINE_integer("num_processes", None,
-                                f"Number of processes of the job (or ${ENV_COUNT}).")
+                                f"Number of processes of the job (or ${ENV_COUNT}).",
+                                flag_values=fv)
     flags_module.DEFINE_integer("process_id", None,
-                                f"This process's index, 0..num_processes-1 (or ${ENV_ID}).")
-
-
-def add_argparse_flags(parser):
-    """The same three flags on an argparse parser (barlow_jax.export)."""
-    parser.add_argument("--coordinator_address", default=None,
-                        help=f"HOST:PORT of process 0's coordinator (or ${ENV_ADDRESS})")
-    parser.add_argument("--num_processes", type=int, default=None,
-                        help=f"number of processes of the job (or ${ENV_COUNT})")
-    parser.add_argument("--process_id", type=int, default=None,
-                        help=f"this process's index (or ${ENV_ID})")
+                                f"This process's index, 0..num_processes-1 (or ${ENV_ID}).",
+                                flag_values=fv)
 
 
 def initialize_from_flags(values=None):
-    """``initialize`` with the three flags' values (absl FLAGS or an argparse namespace)."""
+    """``initialize`` with the three flags' values (absl FLAGS by default, or a FlagValues)."""
     if values is None:
         from absl import flags
         values = flags.FLAGS

@@ -1,6 +1,6 @@
 """Export/import between the Flax ResNet and torchvision state dicts.
 
-The PyTorch side is barlow_jax.torch_ref (torch.nn.functional ops written
+The PyTorch side is tests/torch_ref.py (torch.nn.functional ops written
 from torchvision's resnet.py semantics), because torchvision is not
 installed on the CPU machines. Every variable is randomised (non-trivial BN
 statistics, nonzero last-BN scales) so a wrong block wiring cannot hide
@@ -21,9 +21,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from barlow_jax import export, torch_ref  # noqa: E402
+from barlow_jax import export  # noqa: E402
 from barlow_jax.models import build_resnet  # noqa: E402
 from conftest import SHARED_DATA  # noqa: E402
+from tests import torch_ref  # noqa: E402
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -320,7 +321,7 @@ def fake_run(tmp_path, monkeypatch):
     """A workdir with checkpoints/7/ whose loader returns random SSLNet variables."""
     c, _, v = random_ssl_variables(8)
     (tmp_path / "run" / "checkpoints" / "7").mkdir(parents=True)
-    monkeypatch.setattr(export, "_load_variables", lambda workdir, step: (c, v, 7))
+    monkeypatch.setattr(export.files, "_load_variables", lambda workdir, step: (c, v, 7))
     return str(tmp_path / "run"), v
 
 

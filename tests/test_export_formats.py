@@ -1,6 +1,6 @@
 """--format=safetensors and --format=timm_hub: files, model card, and loading them in PyTorch.
 
-Every machine with torch: the exported tensors run through barlow_jax.torch_ref
+Every machine with torch: the exported tensors run through tests/torch_ref.py
 (torch.nn.functional written from torchvision's semantics) and must give the
 JAX model's features. With torchvision / timm installed (the ``test`` extra
 installs both; tests/torch_libs.py imports PyPI's CUDA torchvision wheel beside
@@ -24,7 +24,8 @@ pytest.importorskip("safetensors")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from barlow_jax import checkpointing, export, export_formats  # noqa: E402
+from barlow_jax import checkpointing, export  # noqa: E402
+from barlow_jax.export import formats as export_formats  # noqa: E402
 from barlow_jax.models import build_resnet  # noqa: E402
 from configs import smoke  # noqa: E402
 from tests import torch_libs  # noqa: E402
@@ -76,7 +77,7 @@ def _run(tmp_path, monkeypatch, cifar_stem, measured=True, arch="resnet18"):
                        "setup": {"epochs": 3}, "complete": True}, f)
     v = {"params": {"backbone": bb["params"]}, "batch_stats": {"backbone": bb["batch_stats"]},
          "target": None}
-    monkeypatch.setattr(export, "_load_variables", lambda workdir, step: (c, v, 7))
+    monkeypatch.setattr(export.files, "_load_variables", lambda workdir, step: (c, v, 7))
     x = np.random.default_rng(5).standard_normal((3, size, size, 3)).astype(np.float32)
     with jax.default_matmul_precision("highest"):
         feats = np.asarray(model.apply(bb, jnp.asarray(x), train=False))
@@ -94,7 +95,7 @@ def _torch_feats(sd, x, module=None):
         module.eval()
         with torch.no_grad():
             return module(xt).numpy()
-    from barlow_jax import torch_ref
+    from tests import torch_ref
     return torch_ref.resnet_features({k: torch.as_tensor(np.asarray(a)) for k, a in sd.items()},
                                      xt).numpy()
 

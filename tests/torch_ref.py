@@ -25,8 +25,10 @@ model, so agreement between the two is evidence that the export is right:
 docs/export.md for the layout): a 2-D ``weight`` is a Linear, a 1-D one a
 BatchNorm1d (eval mode), and an index that holds no tensors is the ReLU.
 
-Only the CPU tests and users checking an export import this module; it
-imports torch at the top and nothing else of the package does so.
+A test helper (tests/test_export.py, tests/test_export_formats.py), not
+part of the package; it imports torch at the top. Run from the repository
+root, ``from tests.torch_ref import resnet_features`` also checks an export
+by hand.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ and ``timm.create_model('local-dir:DIR')`` read, i.e. what
 
 A CIFAR-stem backbone (3x3 stride-1 ``conv1``, no max-pool) is no timm or
 torchvision architecture: the card then carries a self-contained
-``torch_cifar_resnet()`` (the same as ``barlow_jax.export.torch_cifar_resnet``)
+``torch_cifar_resnet()`` (the source in ``barlow_jax/export/cifar_stem.py``)
 that builds the torchvision ResNet with that stem and loads the file strictly.
 """
 
@@ -34,7 +34,8 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
-from barlow_jax import export as export_lib
+from barlow_jax.export.cifar_stem import TORCH_CIFAR_RESNET_SOURCE
+from barlow_jax.export.files import export_workdir, load_workdir_config
 
 FORMATS = ("pth", "safetensors", "timm_hub")
 # timm's ResNet pretrained_cfg defaults (timm/models/resnet.py _cfg)
@@ -53,7 +54,17 @@ def _import_safetensors():
 
 def save_safetensors(state: Mapping[str, np.ndarray], path: str,
                      metadata: Optional[Mapping[str, Any]] = None) -> None:
-    """Writes ``{name: array}`` to ``path``; ``metadata`` values are stored as strings."""
+    """Writes a state dict as a ``.safetensors`` file (needs safetensors, not torch).
+
+    Args:
+      state: ``{name: array}``; arrays are made contiguous.
+      path: the file to write.
+      metadata: stored in the file's header; non-string values as JSON.
+
+    Raises:
+      ImportError: safetensors is not installed.
+      ValueError: ``path`` cannot be written.
+    """
     st_numpy = _import_safetensors()
     tensors = {k: np.ascontiguousarray(v) for k, v in state.items()}
     meta = {str(k): v if isinstance(v, str) else json.dumps(v)
@@ -65,6 +76,14 @@ def save_safetensors(state: Mapping[str, np.ndarray], path: str,
 
 
 def load_safetensors(path: str) -> Dict[str, np.ndarray]:
+    """Reads a ``.safetensors`` file.
+
+    Args:
+      path: the file.
+
+    Returns:
+      ``{name: NumPy array}``.
+    """
     return dict(_import_safetensors().load_file(path))
 
 
@@ -76,16 +95,40 @@ def _saver(meta_fields):
 
 def export_safetensors(workdir: str, out: str, step: Optional[int] = None, full: bool = False,
                        log=print) -> Dict[str, Any]:
-    """``export.export_workdir`` written as safetensors instead of torch.save."""
+    """``export_workdir`` written with safetensors instead of torch.save (no torch needed).
+
+    Args:
+      workdir: the training run's directory (local or ``gs://...``).
+      out: the ``.safetensors`` file to write; ``out + '.meta.json'`` too.
+      step: the checkpoint step; None for the latest.
+      full: write the ``to_torch_full`` layout instead of the torchvision backbone.
+      log: called with each progress / warning line.
+
+    Returns:
+      The metadata of ``export_workdir``.
+
+    Raises:
+      ImportError: safetensors is not installed.
+      FileNotFoundError, ValueError: as ``export_workdir``.
+    """
     _import_safetensors()
-    return export_lib.export_workdir(workdir, out, step=step, full=full, log=log,
+    return export_workdir(workdir, out, step=step, full=full, log=log,
                                      save=_saver({"format": "barlow_jax torchvision layout"}))
 
 
 # ----------------------------------------------------------------- timm hub folder
 
 def measured_numbers(workdir: str) -> Dict[str, Any]:
-    """The last kNN / online-probe record of metrics.jsonl and linear_eval.json's result."""
+    """What a training run measured, for the model card.
+
+    Args:
+      workdir: the training run's directory (local or ``gs://...``).
+
+    Returns:
+      ``{'epoch', 'knn': {...}, 'linear': {...}}`` from the last kNN /
+      online-probe record of ``metrics.jsonl`` and the result in
+      ``linear_eval.json``; keys are absent when not measured.
+    """
     from barlow_jax import paths  # the workdir may be gs://... (etils.epath)
     out: Dict[str, Any] = {}
     path = paths.join(workdir, "metrics.jsonl")
@@ -110,7 +153,18 @@ def measured_numbers(workdir: str) -> Dict[str, Any]:
 
 
 def timm_config(arch: Mapping[str, Any], config, num_features: int) -> Dict[str, Any]:
-    """timm's Hub ``config.json`` for a backbone without classifier (arch: the export meta)."""
+    """timm's Hub ``config.json`` for a backbone without classifier.
+
+    Args:
+      arch: the metadata of ``export_workdir`` (``architecture``, ``width``,
+        ``cifar_stem``).
+      config: the run's ConfigDict (image size, mean/std, method), or None.
+      num_features: the pooled feature width.
+
+    Returns:
+      The ``config.json`` dict that ``timm.create_model('local-dir:DIR')``
+      reads.
+    """
     data = config.get("data", {}) if config is not None else {}
     size = int(data.get("image_size", 224) or 224)
     mean = [float(x) for x in data.get("mean", (0.485, 0.456, 0.406))]
@@ -151,6 +205,18 @@ def _fmt(x, nd=2):
 
 def model_card(meta: Mapping[str, Any], config, measured: Mapping[str, Any],
                hub_config: Mapping[str, Any]) -> str:
+    """The timm_hub folder's README.md.
+
+    Args:
+      meta: the metadata of ``export_workdir``.
+      config: the run's ConfigDict, or None.
+      measured: ``measured_numbers(workdir)``.
+      hub_config: ``timm_config(...)``.
+
+    Returns:
+      The model card (Markdown with the Hub's YAML header): method,
+      training settings, measured numbers and how to load the weights.
+    """
     arch, method = meta["architecture"], meta.get("method")
     cfg = config if config is not None else {}
     opt = cfg.get("optimizer", {})
@@ -188,7 +254,7 @@ def model_card(meta: Mapping[str, Any], config, measured: Mapping[str, Any],
         lines += ["The CIFAR stem (3x3 stride-1 `conv1`, no max-pool) is not a timm or "
                   "torchvision architecture; this builds it and loads the weights strictly "
                   "(needs torch, torchvision, safetensors):", "", "```python",
-                  export_lib.TORCH_CIFAR_RESNET_SOURCE.strip(), "",
+                  TORCH_CIFAR_RESNET_SOURCE.strip(), "",
                   f"model = torch_cifar_resnet({arch!r}, 'model.safetensors')",
                   "model.eval()", "features = model(images)  # images normalised with the "
                   "mean/std of config.json", "```"]
@@ -207,7 +273,24 @@ def model_card(meta: Mapping[str, Any], config, measured: Mapping[str, Any],
 
 def export_timm_hub(workdir: str, out_dir: str, step: Optional[int] = None,
                     log=print) -> Dict[str, Any]:
-    """Writes ``out_dir/{config.json, model.safetensors, README.md, barlow_jax_config.json}``."""
+    """Writes the folder ``timm.create_model('local-dir:DIR')`` and the Hugging Face Hub read.
+
+    Args:
+      workdir: the training run's directory (local or ``gs://...``).
+      out_dir: the folder to write (created if needed): ``config.json``,
+        ``model.safetensors`` (the backbone), ``README.md`` (the model
+        card), ``barlow_jax_config.json`` and ``barlow_jax_export.json``.
+      step: the checkpoint step; None for the latest.
+      log: called with each warning / summary line.
+
+    Returns:
+      The metadata of ``export_workdir`` plus ``hub_config`` and ``measured``.
+
+    Raises:
+      ImportError: safetensors is not installed.
+      ValueError: ``out_dir`` is a file or cannot be created; as
+        ``export_workdir`` otherwise.
+    """
     _import_safetensors()
     if os.path.isfile(out_dir):
         raise ValueError(f"--out={out_dir} is a file; --format=timm_hub writes a folder, give a "
@@ -224,8 +307,8 @@ def export_timm_hub(workdir: str, out_dir: str, step: Optional[int] = None,
         kept["state"] = state
         save_safetensors(state, out, metadata={"format": "pt"})
 
-    meta = export_lib.export_workdir(workdir, weights, step=step, log=lambda s: None, save=save)
-    config = export_lib.load_workdir_config(workdir)
+    meta = export_workdir(workdir, weights, step=step, log=lambda s: None, save=save)
+    config = load_workdir_config(workdir)
     hub = timm_config(meta, config, _num_features(kept["state"]))
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hub, f, indent=2)
