@@ -40,7 +40,7 @@ setup(
         # torchvision resolves to the release of that torch, tests/torch_libs.py imports it).
         "test": ["tensorflow-cpu>=2.18; platform_machine=='x86_64'",
                  "tensorflow>=2.18; platform_machine!='x86_64'",
-                 "tensorflow-datasets>=4.9", "matplotlib>=3.8", "pytest>=8",
+                 "tensorflow-datasets>=4.9", "matplotlib>=3.8", "pytest>=8", "pytest-xdist>=3.6",
                  "safetensors>=0.4", "torchvision", "timm>=1.0",
                  # tests/test_notebook.py executes notebooks/colab_demo.ipynb.
                  "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6",

@@ -11,6 +11,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Environment for the runs that must execute the optimised program users get
+# (tests/conftest.py turns XLA's optimisation passes off for the rest of the suite).
+OPTIMIZED = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "false"}
+
+
 def cli_env(n_devices: int):
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
@@ -40,10 +45,10 @@ def read_metrics(workdir):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def run_until_step_then_sigterm(args, workdir, step, n_devices=1, timeout=600):
+def run_until_step_then_sigterm(args, workdir, step, n_devices=1, timeout=600, env=None):
     """Starts the CLI, sends SIGTERM once metrics.jsonl shows ``step``; returns (rc, output)."""
     proc = subprocess.Popen([sys.executable, "-m", "barlow_jax.main", *args], cwd=ROOT,
-                            env=cli_env(n_devices), stdout=subprocess.PIPE,
+                            env={**cli_env(n_devices), **(env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + timeout
     try:
@@ -59,7 +64,8 @@ def run_until_step_then_sigterm(args, workdir, step, n_devices=1, timeout=600):
     return proc.returncode, out
 
 
-def straight_and_interrupted_runs(common_args, tmp_path, steps, n_devices=1, signal_at=3):
+def straight_and_interrupted_runs(common_args, tmp_path, steps, n_devices=1, signal_at=3,
+                                  env=None):
     """Runs the CLI straight, and again with a SIGTERM at ``signal_at`` then a resume.
 
     Checks what every such test needs (exit 0, the signal was seen before the
@@ -68,21 +74,21 @@ def straight_and_interrupted_runs(common_args, tmp_path, steps, n_devices=1, sig
     resumed_records, straight_workdir, resumed_workdir, straight_stdout).
     """
     straight = str(tmp_path / "straight")
-    r = run_cli(common_args + [f"--workdir={straight}"], n_devices)
+    r = run_cli(common_args + [f"--workdir={straight}"], n_devices, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     ref = read_metrics(straight)
     assert [m["step"] for m in ref] == list(range(1, steps + 1))
 
     work = str(tmp_path / "interrupted")
     rc, out = run_until_step_then_sigterm(common_args + [f"--workdir={work}"], work,
-                                          step=signal_at, n_devices=n_devices)
+                                          step=signal_at, n_devices=n_devices, env=env)
     assert rc == 0, out[-3000:]
     assert "Received SIGTERM" in out, out[-3000:]
     stopped = max(m["step"] for m in read_metrics(work))
     assert stopped < steps, "the run finished before the signal; the test saw no interruption"
     assert os.path.isdir(os.path.join(work, "checkpoints", str(stopped)))
 
-    r2 = run_cli(common_args + [f"--workdir={work}"], n_devices)
+    r2 = run_cli(common_args + [f"--workdir={work}"], n_devices, env=env)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "Resumed from" in r2.stdout
     got = read_metrics(work)

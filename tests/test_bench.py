@@ -5,9 +5,14 @@ One full ResNet-50 + 8192-8192-8192 Barlow Twins step works too (smoke).
 
 import math
 
+import pytest
+
 from barlow_jax import steps, train
 from barlow_jax.bench import benchmark, compare, format_compare, format_result, override
 from configs import bt_in1k, smoke
+
+# These tests read the compiled program (collective bytes, memory): XLA's passes on.
+pytestmark = pytest.mark.usefixtures("optimized")
 
 
 def test_benchmark_smoke_config():

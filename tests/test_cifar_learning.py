@@ -15,10 +15,8 @@ Measured (a 1-device run of this setting, same seed, on the 2-core machine): unt
 measured no reliable gain is not known; 2,000 images and a one-epoch warm-up learn.
 """
 
-import os
 
 import numpy as np
-import pytest
 
 from barlow_jax import parallel
 from barlow_jax.data.download import archive_subset, use_arrays
@@ -27,9 +25,7 @@ from barlow_jax.methods import get_method
 from barlow_jax.optim import build_optimizer
 from barlow_jax.train import init_state, train_and_evaluate
 from configs import bt_cifar10_fast
-from conftest import SHARED_DATA
 
-CIFAR = os.path.join(SHARED_DATA, "cifar10-jpeg.tar.gz")
 SIZE, STEPS, BATCH = 16, 120, 64
 PER_CLASS = {"train": 200, "test": 100}
 LEARNING_MARGIN = 4.0   # points of kNN top-1 on 1,000 test images (40 images)
@@ -53,10 +49,8 @@ def tiny_fast_config(arrays):
     return c
 
 
-def test_tiny_fast_recipe_beats_its_untrained_knn(tmp_path):
-    if not os.path.exists(CIFAR):
-        pytest.skip(f"{CIFAR} not found (set BARLOW_JAX_DATA)")
-    c = tiny_fast_config(archive_subset(CIFAR, PER_CLASS, size=SIZE))
+def test_tiny_fast_recipe_beats_its_untrained_knn(tmp_path, cifar_archive):
+    c = tiny_fast_config(archive_subset(cifar_archive, PER_CLASS, size=SIZE))
     assert c.data.placement == "device"       # the recipe's placement, also on the CPU
     assert c.data.image_size == SIZE and len(c.data.arrays["train"][1]) == 2000
     mesh = parallel.make_mesh()

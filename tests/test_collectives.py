@@ -25,6 +25,9 @@ from barlow_jax.steps import build_train_step
 from barlow_jax.train import init_state
 from configs import smoke
 
+# These tests read the compiled program (collective bytes, memory): XLA's passes on.
+pytestmark = pytest.mark.usefixtures("optimized")
+
 
 def _known_program(flag):
     def f(x, w, flag):

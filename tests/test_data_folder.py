@@ -14,10 +14,8 @@ from PIL import Image
 from barlow_jax import data as data_lib
 from barlow_jax.data import archive, folder, pipeline as pl
 from configs import base
-from conftest import SHARED_DATA
 
 MESH = Mesh(np.array(jax.devices()), ("data",))
-CIFAR = os.path.join(SHARED_DATA, "cifar10-jpeg.tar.gz")
 BAD = ("corrupt.jpg", "truncated.jpg", "empty.png")
 
 
@@ -220,13 +218,12 @@ def test_clear_errors_for_bad_paths(tmp_path):
         err(small, batch=8)
 
 
-@pytest.mark.skipif(not os.path.exists(CIFAR), reason="shared CIFAR-10 archive not found")
-def test_real_cifar10_jpegs(tmp_path):
+def test_real_cifar10_jpegs(tmp_path, cifar_archive):
     """A small tree of real CIFAR-10 JPEGs taken from the shared archive."""
     want = {("train", "airplane"): 10, ("train", "cat"): 10, ("test", "airplane"): 3,
             ("test", "cat"): 3}
     root = tmp_path / "cifar"
-    with tarfile.open(CIFAR) as t:
+    with tarfile.open(cifar_archive) as t:
         for m in t:
             parts = m.name.split("/")
             if len(parts) == 4 and m.isfile() and want.get((parts[1], parts[2]), 0) > 0:

@@ -13,7 +13,7 @@ from PIL import Image
 from barlow_jax import data as data_lib
 from barlow_jax.data import evaluation, pipeline as pl
 from configs import base
-from conftest import ROOT
+from tests.cli_helpers import ROOT
 
 MESH = Mesh(np.array(jax.devices()), ("data",))
 N, SIZE, BATCH = 44, 8, 16     # 2 steps per epoch, 12 examples dropped per epoch

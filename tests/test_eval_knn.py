@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh
 
 from barlow_jax.data import normalize
 from barlow_jax.eval import features as feats_lib
@@ -31,12 +30,8 @@ def numpy_accuracy(ranked, labels):
             100.0 * np.mean(np.any(ranked == labels[:, None], axis=1)))
 
 
-def mesh_of(n):
-    return Mesh(np.array(jax.devices()[:n]), ("data",))
-
-
 @pytest.mark.parametrize("n_dev,k,num_classes", [(8, 20, 10), (8, 200, 10), (1, 50, 3)])
-def test_knn_matches_numpy(n_dev, k, num_classes):
+def test_knn_matches_numpy(mesh_of, n_dev, k, num_classes):
     rng = np.random.default_rng(k + num_classes)
     centers = rng.normal(size=(num_classes, 16))
     train_labels = rng.integers(0, num_classes, 203).astype(np.int32)
@@ -53,7 +48,7 @@ def test_knn_matches_numpy(n_dev, k, num_classes):
     assert 100.0 / num_classes < acc["top1"] < 100.0  # the classes are learnable, not trivial
 
 
-def test_knn_device_count_invariant_and_rejects_bad_labels():
+def test_knn_device_count_invariant_and_rejects_bad_labels(mesh_of):
     rng = np.random.default_rng(0)
     train, test = rng.normal(size=(50, 8)), rng.normal(size=(30, 8))
     labels = rng.integers(0, 4, 50)
@@ -78,7 +73,7 @@ def smoke():
     return config, jax.tree.map(np.asarray, dict(variables))
 
 
-def test_embedder_equals_unsharded_apply(smoke):
+def test_embedder_equals_unsharded_apply(mesh_of, smoke):
     from barlow_jax.models import build_backbone
     config, variables = smoke
     rng = np.random.default_rng(1)
@@ -93,7 +88,7 @@ def test_embedder_equals_unsharded_apply(smoke):
     np.testing.assert_allclose(feats1, ref, rtol=1e-4, atol=1e-5)
 
 
-def test_monitor_on_smoke_config(smoke, capsys):
+def test_monitor_on_smoke_config(mesh_of, smoke, capsys):
     config, variables = smoke
     monitor = knn.KnnMonitor(config, mesh_of(8))
     assert "kNN monitor: 96 train images" in capsys.readouterr().out
@@ -112,7 +107,7 @@ def test_monitor_on_smoke_config(smoke, capsys):
     assert result["knn_top5"] == pytest.approx(top5)
 
 
-def test_knn_on_synthetic_pixels_beats_chance():
+def test_knn_on_synthetic_pixels_beats_chance(mesh_of):
     """The smoke data are learnable: kNN on raw pixels already separates classes."""
     from configs import smoke as smoke_cfg
     data = smoke_cfg.get_config().data

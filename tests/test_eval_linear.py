@@ -1,17 +1,11 @@
 """Linear probe: learns separable features, chance on shuffled labels, exact resume."""
 
-import jax
 import numpy as np
 import pytest
 
 from tests.cli_helpers import write_untrained_run
-from jax.sharding import Mesh
 
 from barlow_jax.eval import linear, sgd
-
-
-def mesh_of(n):
-    return Mesh(np.array(jax.devices()[:n]), ("data",))
 
 
 def separable(n, seed, w):
@@ -32,7 +26,7 @@ def config(**kw):
     return c
 
 
-def test_separable_features_are_learned(data):
+def test_separable_features_are_learned(mesh_of, data):
     (xtr, ytr), (xte, yte) = data
     result = linear.train_head_on_features(xtr, ytr, xte, yte, linear=config(), num_classes=4,
                                            mesh=mesh_of(8), log=lambda s: None)
@@ -44,7 +38,7 @@ def test_separable_features_are_learned(data):
     np.testing.assert_allclose(lrs, [0.15 * (1 + np.cos(np.pi * e / 10)) for e in range(10)])
 
 
-def test_shuffled_labels_give_chance(data):
+def test_shuffled_labels_give_chance(mesh_of, data):
     (xtr, ytr), (xte, yte) = data
     ytr = np.random.default_rng(5).permutation(ytr)
     result = linear.train_head_on_features(xtr, ytr, xte, yte, linear=config(), num_classes=4,
@@ -52,7 +46,7 @@ def test_shuffled_labels_give_chance(data):
     assert result["final"]["top1"] < 40.0  # chance is ~25%
 
 
-def test_resume_equals_straight_run(data, tmp_path):
+def test_resume_equals_straight_run(mesh_of, data, tmp_path):
     (xtr, ytr), (xte, yte) = data
     run = lambda d, **kw: linear.train_head_on_features(
         xtr, ytr, xte, yte, linear=config(epochs=4, **kw), num_classes=4, mesh=mesh_of(8),

@@ -7,14 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh
 from PIL import Image
 
 from barlow_jax.eval import semisup
-
-
-def mesh_of(n):
-    return Mesh(np.array(jax.devices()[:n]), ("data",))
 
 
 def colour_data(n, seed=0):
@@ -58,7 +53,7 @@ def test_balanced_subset():
         semisup.balanced_subset(labels, 0.0, seed=0)
 
 
-def test_bn_modes_and_frozen_backbone(setup):
+def test_bn_modes_and_frozen_backbone(mesh_of, setup):
     config, variables = setup
     images, labels = colour_data(16, seed=3)
 
@@ -86,7 +81,7 @@ def test_bn_modes_and_frozen_backbone(setup):
     assert one_step("train", 0.0) == (True, False, True)
 
 
-def test_finetuning_learns_and_resumes_exactly(setup, tmp_path):
+def test_finetuning_learns_and_resumes_exactly(mesh_of, setup, tmp_path):
     config, variables = setup
     run = lambda d, **kw: semisup.run_semisup(
         str(d), settings(**kw), 0.5, config=config, variables=variables, pretrain_step=0,
@@ -104,7 +99,7 @@ def test_finetuning_learns_and_resumes_exactly(setup, tmp_path):
     assert list(saved) == ["50%"] and saved["50%"]["final"] == resumed["final"]
 
 
-def test_subset_file_with_large_images(setup, tmp_path):
+def test_subset_file_with_large_images(mesh_of, setup, tmp_path):
     """A folder tree of 72-px images: the listed files, streamed train-mode batches."""
     config, variables = setup
     rng = np.random.default_rng(0)

@@ -23,7 +23,6 @@ from PIL import Image  # noqa: E402
 
 from barlow_jax import export  # noqa: E402
 from barlow_jax.models import build_resnet  # noqa: E402
-from conftest import SHARED_DATA  # noqa: E402
 from tests import torch_ref  # noqa: E402
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -104,11 +103,8 @@ def random_resnet(name, cifar_stem=False, seed=0):
     return model, randomize(shapes, seed)
 
 
-def cifar_images(size, n=4):
+def cifar_images(path, size, n=4):
     """The first test image of n CIFAR-10 classes, bicubic-resized, ImageNet-normalised, NHWC."""
-    path = os.path.join(SHARED_DATA, "cifar10-jpeg.tar.gz")
-    if not os.path.exists(path):
-        pytest.skip(f"{path} not found (set BARLOW_JAX_DATA)")
     imgs, classes = [], set()
     with tarfile.open(path, "r:gz") as tar:
         for m in tar:
@@ -189,12 +185,12 @@ def test_conv_and_bn_values_are_transposed_not_reshaped():
 @pytest.mark.parametrize("name,cifar_stem,size", [("resnet50", False, 64),
                                                   ("resnet18", False, 64),
                                                   ("resnet18", True, 32)])
-def test_torch_features_match_flax(name, cifar_stem, size):
+def test_torch_features_match_flax(name, cifar_stem, size, cifar_archive):
     model, v = random_resnet(name, cifar_stem=cifar_stem, seed=1)
     sd = {k: torch.from_numpy(a) for k, a in export.to_torchvision(v).items()}
     rng = np.random.default_rng(2)
     x = np.concatenate([rng.standard_normal((2, size, size, 3)).astype(np.float32),
-                        cifar_images(size, 4)])
+                        cifar_images(cifar_archive, size, 4)])
     ref = flax_features(model, v, x)
     got = torch_features(sd, x)
     assert ref.shape == (6, model.num_features)
@@ -279,7 +275,7 @@ def random_ssl_variables(seed):
     return c, net, dict(v, target=target)
 
 
-def test_full_layout_parity_and_roundtrip():
+def test_full_layout_parity_and_roundtrip(cifar_archive):
     c, net, v = random_ssl_variables(6)
     sd = export.to_torch_full(v)
     head_keys = sorted(k for k in sd if k.startswith(("projector.", "predictor.")))
@@ -296,7 +292,7 @@ def test_full_layout_parity_and_roundtrip():
         f"target.{k}" for k in sd if k.startswith(("backbone.", "projector."))}
 
     x = np.concatenate([np.random.default_rng(7).standard_normal((2, 32, 32, 3)).astype(np.float32),
-                        cifar_images(32, 2)])
+                        cifar_images(cifar_archive, 32, 2)])
     with jax.default_matmul_precision("highest"):
         out = jax.tree.map(np.asarray, net.apply({"params": v["params"], "batch_stats": v["batch_stats"]},
                                                  jnp.asarray(x), train=False))

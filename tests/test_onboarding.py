@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from barlow_jax import accelerator, progress
-from tests.cli_helpers import ROOT, cli_env
+from tests.cli_helpers import OPTIMIZED, ROOT, cli_env
 
 CIFAR = os.path.join(ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz")
 
@@ -185,7 +185,7 @@ def test_main_job_end_to_end_tiny_without_tensorflow_or_noise(tmp_path):
     no_tf = ("import sys; sys.modules['tensorflow'] = None; "
              "sys.modules['tensorflow_datasets'] = None; import runpy; sys.argv = sys.argv[1:]; "
              "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)")
-    env = cli_env(1)
+    env = {**cli_env(1), **OPTIMIZED}   # the program users run
     env.pop("TF_CPP_MIN_LOG_LEVEL")
     flags = ["--config=configs/bt_cifar10_quick.py:cpu", f"--workdir={work}",
              f"--config.data.path={data}", f"--config.data.cache_dir={tmp_path / 'cache'}",

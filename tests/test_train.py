@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.cli_helpers import read_metrics, run_cli, straight_and_interrupted_runs
+from tests.cli_helpers import OPTIMIZED, read_metrics, run_cli, straight_and_interrupted_runs
 
 STEPS = 40
 COMMON = ["--config=configs/smoke.py", f"--config.num_train_steps={STEPS}",
@@ -15,7 +15,9 @@ COMMON = ["--config=configs/smoke.py", f"--config.num_train_steps={STEPS}",
 
 @pytest.mark.parametrize("n_devices", [1, 8])
 def test_sigterm_then_resume_equals_uninterrupted(tmp_path, n_devices):
-    ref, got, _, _, _ = straight_and_interrupted_runs(COMMON, tmp_path, STEPS, n_devices)
+    # The program users run: XLA's optimisation passes on (tests/conftest.py turns them off).
+    ref, got, _, _, _ = straight_and_interrupted_runs(COMMON, tmp_path, STEPS, n_devices,
+                                                      env=OPTIMIZED)
     for m, r in zip(got, ref):
         np.testing.assert_allclose(m["loss"], r["loss"], rtol=1e-6, err_msg=f"step {m['step']}")
 
