@@ -8,7 +8,7 @@ import numpy as np
 
 from barlow_jax.eval import linear
 from tests.cli_helpers import write_untrained_run
-from test_eval_linear import config, mesh_of, separable
+from test_eval_linear import config, separable
 
 
 def test_linear_probe_sigterm_keeps_epochs_writes_json_and_resumes(tmp_path):
@@ -42,7 +42,7 @@ def test_linear_probe_sigterm_keeps_epochs_writes_json_and_resumes(tmp_path):
     assert json.load(open(os.path.join(work, "linear_eval.json")))["complete"]
 
 
-def test_head_training_sigterm_drops_only_the_unfinished_epoch(tmp_path):
+def test_head_training_sigterm_drops_only_the_unfinished_epoch(mesh_of, tmp_path):
     w = np.random.default_rng(0).normal(size=(16, 4))
     (xtr, ytr), (xte, yte) = separable(600, 1, w), separable(300, 2, w)
 
@@ -59,14 +59,13 @@ def test_head_training_sigterm_drops_only_the_unfinished_epoch(tmp_path):
     assert resumed["complete"] and resumed["epochs"][0] == stopped["epochs"][0]
 
 
-def test_semisup_sigterm_keeps_epochs_writes_json_and_resumes(tmp_path):
+def test_semisup_sigterm_keeps_epochs_writes_json_and_resumes(mesh_of, tmp_path):
     import jax
     import jax.numpy as jnp
     from barlow_jax.eval import semisup
     from barlow_jax.models import build_ssl_net
     from configs import smoke
     from test_eval_semisup import colour_data, settings
-    from test_eval_semisup import mesh_of as semisup_mesh
     config = smoke.get_config()
     images, labels = colour_data(192)
     config.data.source = "arrays"
@@ -88,7 +87,7 @@ def test_semisup_sigterm_keeps_epochs_writes_json_and_resumes(tmp_path):
 
     run = lambda log: semisup.run_semisup(
         work, settings(epochs=4, batch_size=32), 0.5, config=config, variables=variables,
-        pretrain_step=0, mesh=semisup_mesh(2), log=log)
+        pretrain_step=0, mesh=mesh_of(2), log=log)
     first = run(log)
     assert not first["complete"] and [e["epoch"] for e in first["epochs"]] == [1, 2]
     assert any("semisup 50%: received SIGTERM; stopping after the current batch" in s
@@ -106,7 +105,7 @@ def test_semisup_sigterm_keeps_epochs_writes_json_and_resumes(tmp_path):
     assert json.load(open(path))["50%"]["complete"]
 
 
-def test_full_disk_during_an_epoch_save_is_one_sentence_and_resumes(tmp_path, monkeypatch):
+def test_full_disk_during_an_epoch_save_is_one_sentence_and_resumes(mesh_of, tmp_path, monkeypatch):
     import errno
     import pytest
     from barlow_jax import checkpointing
