@@ -205,16 +205,26 @@ def _knn_baseline(config, knn, state, workdir, start_step, telemetry):
                                write=True)
 
 
-def train_and_evaluate(config, workdir: str) -> Dict:
+def train_and_evaluate(config, workdir: str, *, mesh=None) -> Dict:
     """Trains (or resumes) the run in ``workdir``; returns the last logged record.
 
     Stops cleanly on SIGTERM/SIGINT after saving the current step. Raises
     TrainingDiverged on a NaN/Inf loss without overwriting good checkpoints.
+
+    Args:
+      config: the experiment config (``barlow_jax/defaults.py`` declares its keys).
+      workdir: run directory (local path or ``gs://``); created, or resumed from.
+      mesh: the 1-D ``data`` mesh to train on; default every device of every
+        process (``parallel.make_mesh()``). A smaller mesh (e.g. one device of
+        a notebook's or a test's several) trains on those devices only.
+
+    Returns:
+      The last logged metrics record (``{}`` when nothing was logged).
     """
     # Settings, mesh and workdir: refused early, in one sentence each.
     method = get_method(config.method)
     check_config(config, method)
-    mesh = parallel.make_mesh()
+    mesh = parallel.make_mesh() if mesh is None else mesh
     if jax.process_index() == 0:
         accelerator.check_backend()  # one sentence when JAX misses this machine's GPU/TPU
     parallel.check_batch_size(config.batch_size, mesh)

@@ -4,7 +4,7 @@
   at 1 device equals the same step at 8 fake devices for VICReg, SimCLR,
   BYOL and SimSiam: loss, metrics, gradients, BN statistics and, for BYOL,
   the EMA-updated target parameters and the target's own BN statistics.
-* The CLI on each method's smoke setting, stopped by SIGTERM and resumed,
+* The loop on each method's smoke setting, stopped by SIGTERM and resumed,
   logs the same per-step losses and metrics and ends in the same
   checkpoint as an uninterrupted run (BYOL on 8 devices: the EMA target
   must be checkpointed and restored).
@@ -29,7 +29,7 @@ from barlow_jax.optim import build_optimizer
 from barlow_jax.state import TrainState
 from barlow_jax.steps import make_train_step
 from configs import smoke
-from tests.cli_helpers import straight_and_interrupted_runs
+from tests.loop_helpers import straight_and_interrupted_in_process
 
 METHODS = ("vicreg", "simclr", "byol", "simsiam")
 # The method's own metrics, logged every step, that a resumed run must reproduce.
@@ -312,7 +312,8 @@ def test_step_byol_ema_target(step_results):
 
 
 # ----------------------------------------------------------------------------
-# The CLI: SIGTERM + resume equals an uninterrupted run, for every method.
+# The loop: SIGTERM + resume equals an uninterrupted run, for every method (in this process;
+# tests/test_train.py runs the same through the CLI for Barlow Twins).
 
 STEPS = 25
 
@@ -322,16 +323,16 @@ def _np_ema_tau(step, total, base):
 
 
 # The straight, interrupted and resumed runs share compiled programs through the persistent
-# cache that tests/cli_helpers.cli_env sets for every CLI subprocess.
+# cache that tests/conftest.py sets.
 @pytest.mark.parametrize("method,n_devices",
                          [("vicreg", 1), ("simclr", 1), ("simsiam", 1), ("byol", 8)])
-def test_sigterm_then_resume_equals_uninterrupted(tmp_path, method, n_devices):
+def test_sigterm_then_resume_equals_uninterrupted(tmp_path, method, n_devices, mesh_of):
     from barlow_jax.checkpointing import load_variables
 
-    common = [f"--config=configs/smoke.py:{method}", f"--config.num_train_steps={STEPS}",
-              "--config.log_every_steps=1", "--config.checkpoint_every_steps=10"]
-    ref_list, got, straight, work, stdout = straight_and_interrupted_runs(
-        common, tmp_path, STEPS, n_devices)
+    config = smoke.get_config(method)
+    config.num_train_steps, config.log_every_steps, config.checkpoint_every_steps = STEPS, 1, 10
+    ref_list, got, straight, work, stdout = straight_and_interrupted_in_process(
+        config, tmp_path, STEPS, mesh_of(n_devices))
     assert f"Training {method} on {n_devices} device(s)" in stdout
     ref = {m["step"]: m for m in ref_list}
     for m in got:
