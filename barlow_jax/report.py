@@ -353,7 +353,8 @@ def main(argv=None):
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(1)
 
-    app.run(run, argv)
+    from barlow_jax.cli import parse_flags
+    app.run(run, argv, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

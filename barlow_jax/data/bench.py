@@ -84,7 +84,8 @@ def measure(dc, placement: str, batch: int, steps: int, warmup: int):
     import jax
     from barlow_jax.data.pipeline import create_pipeline
     dc.placement = placement
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    from barlow_jax import parallel
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
     pipe = create_pipeline(dc, global_batch_size=batch, seed=0, mesh=mesh)
     key = jax.random.key(0)
     if placement == "device":
@@ -129,5 +130,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from barlow_jax.cli import parse_flags
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

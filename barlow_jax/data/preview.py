@@ -118,5 +118,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from barlow_jax.cli import parse_flags
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
