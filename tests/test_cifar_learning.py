@@ -49,7 +49,8 @@ def tiny_fast_config(arrays):
     return c
 
 
-def test_tiny_fast_recipe_beats_its_untrained_knn(tmp_path, cifar_archive):
+def test_tiny_fast_recipe_beats_its_untrained_knn(tmp_path, cifar_archive, optimized):
+    # The recipe users run learns: XLA's optimisation passes on (tests/conftest.py).
     c = tiny_fast_config(archive_subset(cifar_archive, PER_CLASS, size=SIZE))
     assert c.data.placement == "device"       # the recipe's placement, also on the CPU
     assert c.data.image_size == SIZE and len(c.data.arrays["train"][1]) == 2000
