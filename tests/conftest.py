@@ -97,3 +97,25 @@ def optimized():
     jax.config.update("jax_disable_most_optimizations", False)
     yield
     jax.config.update("jax_disable_most_optimizations", before)
+
+
+@pytest.fixture
+def full_disk_at(monkeypatch):
+    """``full_disk_at(step)``: orbax's save of ``step`` leaves a half-written folder and
+    raises ENOSPC, as a disk that fills during that save; other steps save normally."""
+    import errno
+
+    from barlow_jax import checkpointing
+
+    real = checkpointing.ocp.CheckpointManager.save
+
+    def patch(full_step: int):
+        def save(self, step, *a, **k):
+            if step == full_step:
+                os.makedirs(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp-1234"))
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(self, step, *a, **k)
+
+        monkeypatch.setattr(checkpointing.ocp.CheckpointManager, "save", save)
+
+    return patch

@@ -105,21 +105,13 @@ def test_semisup_sigterm_keeps_epochs_writes_json_and_resumes(mesh_of, tmp_path)
     assert json.load(open(path))["50%"]["complete"]
 
 
-def test_full_disk_during_an_epoch_save_is_one_sentence_and_resumes(mesh_of, tmp_path, monkeypatch):
-    import errno
+def test_full_disk_during_an_epoch_save_is_one_sentence_and_resumes(mesh_of, tmp_path, monkeypatch,
+                                                                    full_disk_at):
     import pytest
     from barlow_jax import checkpointing
     w = np.random.default_rng(0).normal(size=(16, 4))
     (xtr, ytr), (xte, yte) = separable(600, 1, w), separable(300, 2, w)
-    real = checkpointing.ocp.CheckpointManager.save
-
-    def save(self, step, *a, **k):
-        if step == 2:  # a disk that fills while epoch 2 is written
-            os.makedirs(os.path.join(self.directory, "2.orbax-checkpoint-tmp-1234"))
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, step, *a, **k)
-
-    monkeypatch.setattr(checkpointing.ocp.CheckpointManager, "save", save)
+    full_disk_at(2)  # a disk that fills while epoch 2 is written
     run = lambda: linear.train_head_on_features(
         xtr, ytr, xte, yte, linear=config(epochs=3), num_classes=4, mesh=mesh_of(8),
         directory=str(tmp_path / "d"), log=lambda s: None)

@@ -1,7 +1,6 @@
 """Training faults, in process: NaN then a lower lr, finished runs, extension, full disk,
 nonsense settings (docs/faults.md). Config-file faults go through the CLI (no compile)."""
 
-import errno
 import json
 import os
 
@@ -77,17 +76,10 @@ def test_nan_then_lower_lr_resumes_finished_says_complete_and_extension_trains(t
         train.train_and_evaluate(_config(num_train_steps=14, seed=3), work)
 
 
-def test_full_disk_during_save_is_one_sentence_and_keeps_previous(tmp_path, monkeypatch):
+def test_full_disk_during_save_is_one_sentence_and_keeps_previous(tmp_path, monkeypatch,
+                                                                  full_disk_at):
     work = str(tmp_path / "run")
-    real = checkpointing.ocp.CheckpointManager.save
-
-    def save(self, step, *a, **k):
-        if step == 6:  # a disk that fills while step 6 is written
-            os.makedirs(os.path.join(self.directory, "6.orbax-checkpoint-tmp-1234"))
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, step, *a, **k)
-
-    monkeypatch.setattr(checkpointing.ocp.CheckpointManager, "save", save)
+    full_disk_at(6)  # a disk that fills while step 6 is written
     with pytest.raises(checkpointing.CheckpointSaveError) as e:
         train.train_and_evaluate(_config(), work)
     msg = str(e.value)
